@@ -1,0 +1,132 @@
+"""Every exception madhatter raises.
+
+The tree::
+
+    MadhatterError
+    ├── PipelineDefinitionError      the pipeline as written cannot run (found before any work starts)
+    │   ├── CycleError               @depends forms a loop
+    │   ├── ShippingError            a step cannot be sent to a worker process
+    │   └── ParameterError           a run parameter is unknown or cannot be converted
+    ├── UnknownEngineError           no engine has that name
+    ├── MissingExtraError            the engine needs an optional extra that is not installed
+    └── RunError                     something went wrong while the pipeline ran
+        ├── StepFailed               a step's function raised on one chunk
+        ├── WorkerLost               the worker process running a chunk died
+        ├── TaskTimeout              a chunk ran longer than its step's ``timeout``
+        └── RunCancelled             the run was cancelled (Ctrl-C or a cancel request)
+
+Run errors keep their fields in ``args`` so they pickle unchanged across process boundaries, and
+each message says which step and which chunk, so a user never has to guess where to look.
+"""
+
+from __future__ import annotations
+
+
+class MadhatterError(Exception):
+    """Base class of every error madhatter raises on purpose."""
+
+
+class PipelineDefinitionError(MadhatterError):
+    """The pipeline as written cannot run; the message names the step and the fix."""
+
+
+class CycleError(PipelineDefinitionError):
+    """Steps depend on each other in a loop."""
+
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__(cycle)
+        self.cycle = list(cycle)
+
+    def __str__(self) -> str:
+        path = " -> ".join([*self.cycle, self.cycle[0]])
+        return f"steps form a cycle: {path} (remove one of these @depends)"
+
+
+class ShippingError(PipelineDefinitionError):
+    """A step's function (or its setup) cannot be pickled for a worker process."""
+
+    def __init__(self, step: str, reason: str, engine: str) -> None:
+        super().__init__(step, reason, engine)
+        self.step, self.reason, self.engine = step, reason, engine
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step!r} cannot be sent to the {self.engine!r} engine's workers: "
+            f"{self.reason}. Define the function (and anything it uses) at module level or make it "
+            f"picklable, or run this pipeline with engine='threads' or engine='serial'."
+        )
+
+
+class ParameterError(PipelineDefinitionError):
+    """A run parameter is unknown, or its value cannot be converted to the parameter's type."""
+
+
+class UnknownEngineError(MadhatterError, ValueError):
+    """No engine is registered under the requested name."""
+
+
+class MissingExtraError(MadhatterError, ImportError):
+    """An engine needs an optional extra (``pip install 'madhatter[dask]'``) that is missing."""
+
+
+class RunError(MadhatterError):
+    """Something went wrong while the pipeline ran."""
+
+
+class StepFailed(RunError):
+    """A step's function raised on one chunk.
+
+    ``__cause__`` holds the user's own exception when it could be carried back from the worker;
+    ``remote_traceback`` always holds the worker's traceback as text.
+    """
+
+    def __init__(self, step: str, chunk: int, preview: str, remote_traceback: str) -> None:
+        super().__init__(step, chunk, preview, remote_traceback)
+        self.step, self.chunk = step, chunk
+        self.preview, self.remote_traceback = preview, remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the user's exception (``__cause__``) when the error crosses a process boundary.
+        return (type(self), self.args, {**self.__dict__, "__cause__": self.__cause__})
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step!r} failed on chunk {self.chunk} (input {self.preview})\n"
+            f"traceback from the worker:\n{self.remote_traceback.rstrip()}"
+        )
+
+
+class WorkerLost(RunError):
+    """The worker process that ran a chunk died (a crash, ``os._exit``, or the OOM killer)."""
+
+    def __init__(self, step: str, chunk: int, detail: str) -> None:
+        super().__init__(step, chunk, detail)
+        self.step, self.chunk, self.detail = step, chunk, detail
+
+    def __str__(self) -> str:
+        return (
+            f"the worker running step {self.step!r} chunk {self.chunk} died ({self.detail}); "
+            f"set retries= on the step to retry such chunks"
+        )
+
+
+class TaskTimeout(RunError):
+    """A chunk ran longer than its step's ``timeout``."""
+
+    def __init__(self, step: str, chunk: int, timeout: float) -> None:
+        super().__init__(step, chunk, timeout)
+        self.step, self.chunk, self.timeout = step, chunk, timeout
+
+    def __str__(self) -> str:
+        return f"step {self.step!r} chunk {self.chunk} ran longer than its timeout of {self.timeout}s"
+
+
+class RunCancelled(RunError):
+    """The run was cancelled before it finished."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"run cancelled: {self.reason}"

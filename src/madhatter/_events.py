@@ -1,0 +1,166 @@
+"""Progress is a stream of frozen events sent to listeners.
+
+The runner emits these as a run goes; the CLI's progress bars, the ``--events`` JSON-lines writer and
+the service's worker are all listeners. A listener is any callable taking one event. A listener that
+raises is logged and dropped, so a broken progress bar can never break a run.
+
+Every event is a frozen dataclass whose fields are plain JSON values, so ``event.to_dict()`` and
+``event_from_dict()`` move it across a process or a network unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+logger = logging.getLogger("madhatter")
+
+Listener = Callable[["Event"], None]
+"""Anything that takes an event: a function, or an object with ``__call__``."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Base of all events. ``at`` is wall-clock time (seconds since the epoch)."""
+
+    run_id: str
+    at: float = dataclasses.field(default_factory=_now, kw_only=True)
+
+    kind: ClassVar[str] = "Event"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a ``type`` key naming the event class."""
+        data = dataclasses.asdict(self)
+        data["type"] = type(self).__name__
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStarted(Event):
+    """A run began. ``steps`` lists every step in the order they were planned."""
+
+    pipeline: str
+    engine: str
+    workers: int
+    steps: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepStarted(Event):
+    """A step began. ``total`` is the number of items it will receive, when known up front."""
+
+    step: str
+    total: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTotalKnown(Event):
+    """The number of items a step receives became known while it ran."""
+
+    step: str
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkDone(Event):
+    """A step finished one chunk: ``items_in`` went in, ``items_out`` came out.
+
+    ``seconds`` is the time the step's function spent on the chunk on the worker; ``worker`` names
+    the worker (thread, process or cluster worker) and ``started_at`` is when the task began there.
+    """
+
+    step: str
+    chunk: int
+    items_in: int
+    items_out: int
+    seconds: float
+    worker: str
+    started_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkRetried(Event):
+    """A chunk failed and will be tried again (``attempt`` counts from 1 for the first retry)."""
+
+    step: str
+    chunk: int
+    attempt: int
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemSkipped(Event):
+    """An item failed in a step whose ``on_error="skip"``; it is left out and reported."""
+
+    step: str
+    chunk: int
+    item: str
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFinished(Event):
+    """A step has produced all its output."""
+
+    step: str
+    items_in: int
+    items_out: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFinished(Event):
+    """A run ended. ``status`` is ``succeeded``, ``failed`` or ``cancelled``."""
+
+    status: str
+    seconds: float
+    error: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        RunStarted,
+        StepStarted,
+        StepTotalKnown,
+        ChunkDone,
+        ChunkRetried,
+        ItemSkipped,
+        StepFinished,
+        RunFinished,
+    )
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from ``Event.to_dict()`` output (e.g. a line of an ``--events`` file)."""
+    fields = dict(data)
+    cls = EVENT_TYPES[fields.pop("type")]
+    if "steps" in fields:
+        fields["steps"] = tuple(fields["steps"])
+    return cls(**fields)
+
+
+class Emitter:
+    """Sends each event to every listener; a listener that raises is logged and dropped."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners = list(listeners)
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("progress listener %r raised; it will get no more events", listener)
+                self._listeners.remove(listener)

@@ -1,0 +1,263 @@
+"""The decorators that turn plain functions into pipeline steps.
+
+Each decorator returns the *function itself*: it stays directly callable with its original
+behaviour, pickles by reference like any module-level function, and only gains attributes. The step's
+options live in one frozen :class:`StepSpec` under ``fn.__madhatter__``; the friendly attributes
+(``fn.n``, ``fn.chunk_by``, ``fn.dependency``, ``fn.dependencies``) mirror it. Decorators merge into
+the spec already there, so they stack in either order.
+
+Step kinds:
+
+* ``@preprocess`` -- a *source*: called once in the driver; returns the sequence (a list, or any
+  iterable, including an endless generator).
+* ``@parallel`` -- *chunks*: the upstream sequence is split into chunks, the function maps a chunk
+  (a list) to an iterable of outputs, and the outputs are re-assembled in input order.
+* ``@parallel.map`` -- *map*: one item in, one item out.
+* ``@parallel.filter`` -- *filter*: keeps the items for which the function returns a true value.
+* ``@postprocess`` -- *whole*: called once in the driver with the whole upstream result (a list, or a
+  lazy iterator with ``stream=True``). A function with ``@depends`` and no other decorator is also a
+  *whole* step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, overload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StepKind = Literal["source", "chunks", "map", "filter", "whole"]
+PARALLEL_KINDS: frozenset[str] = frozenset({"chunks", "map", "filter"})
+OnError = Literal["raise", "skip"]
+
+SPEC_ATTRIBUTE = "__madhatter__"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything the decorators recorded about one step.
+
+    Attributes:
+        kind: what the step does with its input (see the module docstring); ``None`` until a kind
+            decorator is applied (a bare ``@depends`` step becomes ``"whole"`` when the graph is built).
+        upstreams: the steps this one depends on (functions, or step names as strings).
+        n: at most this many of the step's chunks run at once (``None``: as many as the engine has
+            workers).
+        chunk_by: items per chunk; ``None`` sizes chunks from measured task times.
+        retries: how many times a failed chunk is tried again before the run fails.
+        retry_delay: seconds before the first retry; doubled for each further one.
+        timeout: seconds one chunk may run before it fails with ``TaskTimeout``.
+        on_error: ``"raise"`` fails the run; ``"skip"`` leaves out the failing items and reports them.
+        setup: called once per worker; returns a mapping of keyword arguments for the function.
+        ordered: keep outputs in input order (the default) or emit them as chunks finish.
+        stream: for whole steps, receive lazy iterators instead of lists.
+        name: the step's name; defaults to the function's ``__name__``.
+        engine: run this step on another engine than the run's (e.g. a container engine).
+        resources: engine-specific resource requests (e.g. ``{"cpus": 1, "memory": "512m"}``).
+    """
+
+    kind: StepKind | None = None
+    upstreams: tuple[Callable[..., Any] | str, ...] = ()
+    n: int | None = None
+    chunk_by: int | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    timeout: float | None = None
+    on_error: OnError = "raise"
+    setup: Callable[[], Mapping[str, Any]] | None = None
+    ordered: bool = True
+    stream: bool = False
+    name: str | None = None
+    engine: str | None = None
+    resources: tuple[tuple[str, Any], ...] = ()
+
+
+def get_spec(fn: object) -> StepSpec | None:
+    """The spec recorded on ``fn`` by madhatter's decorators, or ``None`` for a plain function."""
+    spec = getattr(fn, SPEC_ATTRIBUTE, None)
+    return spec if isinstance(spec, StepSpec) else None
+
+
+def _record(fn: F, **changes: Any) -> F:
+    if not callable(fn):
+        raise TypeError(f"madhatter decorators apply to functions, not {type(fn).__name__}")
+    spec = dataclasses.replace(get_spec(fn) or StepSpec(), **changes)
+    setattr(fn, SPEC_ATTRIBUTE, spec)
+    if spec.kind in PARALLEL_KINDS:
+        fn.n = spec.n  # type: ignore[attr-defined]
+        fn.chunk_by = spec.chunk_by  # type: ignore[attr-defined]
+    if spec.upstreams:
+        fn.dependencies = spec.upstreams  # type: ignore[attr-defined]
+        fn.dependency = spec.upstreams[0] if len(spec.upstreams) == 1 else spec.upstreams  # type: ignore[attr-defined]
+    return fn
+
+
+def _check_kind(fn: Callable[..., Any], kind: StepKind) -> None:
+    spec = get_spec(fn)
+    if spec is not None and spec.kind is not None and spec.kind != kind:
+        raise TypeError(
+            f"{getattr(fn, '__name__', fn)!r} is already a {spec.kind!r} step; "
+            f"a function can have only one of @preprocess, @parallel and @postprocess"
+        )
+
+
+@overload
+def preprocess(fn: F, /) -> F: ...
+@overload
+def preprocess(*, name: str | None = None) -> Callable[[F], F]: ...
+def preprocess(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark ``fn`` as a source: it produces the sequence the next steps work on.
+
+    Its keyword parameters with defaults are run parameters (``run(params={...})``).
+    """
+
+    def decorate(f: F) -> F:
+        _check_kind(f, "source")
+        return _record(f, kind="source", name=name)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _check_options(
+    n: int | None, chunk_by: int | None, retries: int, timeout: float | None, on_error: str
+) -> None:
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, not {n!r}")
+    if chunk_by is not None and (not isinstance(chunk_by, int) or chunk_by < 1):
+        raise ValueError(f"chunk_by must be a positive integer or None, not {chunk_by!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+
+
+class _ParallelDecorator:
+    """``@parallel`` (chunks), ``@parallel.map`` (per item) and ``@parallel.filter`` (keep items)."""
+
+    def __init__(self, kind: StepKind) -> None:
+        self._kind = kind
+
+    @overload
+    def __call__(self, fn: F, /) -> F: ...
+    @overload
+    def __call__(
+        self,
+        *,
+        n: int | None = None,
+        chunk_by: int | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+        on_error: OnError = "raise",
+        setup: Callable[[], Mapping[str, Any]] | None = None,
+        ordered: bool = True,
+        name: str | None = None,
+        engine: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+    ) -> Callable[[F], F]: ...
+    def __call__(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        n: int | None = None,
+        chunk_by: int | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+        on_error: OnError = "raise",
+        setup: Callable[[], Mapping[str, Any]] | None = None,
+        ordered: bool = True,
+        name: str | None = None,
+        engine: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+    ) -> F | Callable[[F], F]:
+        """Mark a function as a parallel step. Works bare (``@parallel``) or with options.
+
+        Args:
+            n: at most this many chunks of the step run at once (default: all workers).
+            chunk_by: items per chunk (default: sized from measured task times).
+            retries: times a failed chunk is tried again before the run fails.
+            retry_delay: seconds before the first retry, doubled for each further one.
+            timeout: seconds one chunk may run.
+            on_error: ``"raise"`` (fail the run) or ``"skip"`` (leave out and report failing items).
+            setup: called once per worker; returns keyword arguments for the function, e.g.
+                ``lambda: {"model": load_model()}``.
+            ordered: keep input order (default) or emit results as chunks finish.
+            name: the step's name (default: the function's name).
+            engine: run this step on a different engine than the rest of the run.
+            resources: engine-specific requests such as ``{"cpus": 1, "memory": "512m"}``.
+        """
+        _check_options(n, chunk_by, retries, timeout, on_error)
+        if setup is not None and not callable(setup):
+            raise TypeError(f"setup must be a callable returning a mapping, not {setup!r}")
+        options = {
+            "kind": self._kind,
+            "n": n,
+            "chunk_by": chunk_by,
+            "retries": retries,
+            "retry_delay": float(retry_delay),
+            "timeout": timeout,
+            "on_error": on_error,
+            "setup": setup,
+            "ordered": ordered,
+            "name": name,
+            "engine": engine,
+            "resources": tuple(sorted((resources or {}).items())),
+        }
+
+        def decorate(f: F) -> F:
+            _check_kind(f, self._kind)
+            return _record(f, **options)
+
+        return decorate(fn) if fn is not None else decorate
+
+
+class _Parallel(_ParallelDecorator):
+    map = _ParallelDecorator("map")
+    filter = _ParallelDecorator("filter")
+
+
+parallel = _Parallel("chunks")
+"""Mark a function as a parallel step over chunks; ``parallel.map`` and ``parallel.filter`` work
+per item. See :meth:`_ParallelDecorator.__call__` for the options."""
+
+
+@overload
+def postprocess(fn: F, /) -> F: ...
+@overload
+def postprocess(*, stream: bool = False, name: str | None = None) -> Callable[[F], F]: ...
+def postprocess(
+    fn: F | None = None, /, *, stream: bool = False, name: str | None = None
+) -> F | Callable[[F], F]:
+    """Mark ``fn`` as a final step that receives the whole re-assembled result of its upstreams.
+
+    With ``stream=True`` it receives lazy iterators instead of lists, so an endless or huge
+    stream can be reduced (summed, written out) in bounded memory.
+    """
+
+    def decorate(f: F) -> F:
+        _check_kind(f, "whole")
+        return _record(f, kind="whole", stream=stream, name=name)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def depends(*upstreams: Callable[..., Any] | str) -> Callable[[F], F]:
+    """Record the steps this one takes its input from, in the order it receives them.
+
+    Upstreams are step functions, or step names (strings) for steps defined later in the module.
+    """
+    if not upstreams:
+        raise TypeError("@depends needs at least one upstream step")
+    for upstream in upstreams:
+        if not (callable(upstream) or isinstance(upstream, str)):
+            raise TypeError(f"@depends takes step functions or step names, not {upstream!r}")
+
+    def decorate(f: F) -> F:
+        return _record(f, upstreams=tuple(upstreams))
+
+    return decorate

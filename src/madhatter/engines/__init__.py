@@ -1,0 +1,34 @@
+"""Execution: one small engine interface, one module per engine, chosen by name.
+
+=============  ==========================================================================
+``serial``     every task inline in the driver, in order: for debugging, and the reference
+``threads``    a thread pool in the driver: I/O-bound steps
+``processes``  local worker processes (the default): CPU-bound steps
+=============  ==========================================================================
+"""
+
+from ._base import (
+    Engine,
+    Task,
+    TaskLost,
+    TaskResult,
+    TaskTimedOut,
+    engine_class,
+    engine_names,
+    get_engine,
+    register_engine,
+    require_extra,
+)
+
+__all__ = [
+    "Engine",
+    "Task",
+    "TaskLost",
+    "TaskResult",
+    "TaskTimedOut",
+    "engine_class",
+    "engine_names",
+    "get_engine",
+    "register_engine",
+    "require_extra",
+]

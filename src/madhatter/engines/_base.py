@@ -1,0 +1,169 @@
+"""The engine interface: run opaque tasks somewhere, report each result through a future.
+
+An engine knows nothing about steps, chunks or graphs. It receives :class:`Task` objects -- a
+picklable function, its argument, a timeout and resource requests -- and returns a
+``concurrent.futures.Future`` per task that resolves to a :class:`TaskResult`, or fails with the
+task function's own exception, :class:`TaskLost` (the worker died) or :class:`TaskTimedOut`. The
+runner (``_runner.py``) does everything else: chunking, ordering, back-pressure, retries, events.
+
+Engines are chosen by name (``get_engine("processes")``); ``register_engine`` adds one, so a
+cluster or container engine is one module with one class. Heavy engines import their libraries
+through :func:`require_extra`, so a missing extra is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from types import ModuleType, TracebackType
+from typing import Any, ClassVar
+
+from .._errors import MissingExtraError, UnknownEngineError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of work for an engine.
+
+    Attributes:
+        key: unique within the run, e.g. ``"3f2a/job+another_job/7/0"``.
+        function: picklable callable applied to ``argument``; the same object for every task of a
+            stage, so engines that ship code send it once per worker, keyed by ``function_key``.
+        function_key: identifies ``function`` for such caching.
+        argument: the task's input.
+        timeout: seconds the task may run once started, or ``None``.
+        resources: engine-specific requests (``cpus``, ``memory``, ``image``, ...).
+    """
+
+    key: str
+    function: Callable[[Any], Any]
+    function_key: str
+    argument: Any
+    timeout: float | None = None
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    """What a task returned, where it ran and for how long (``started`` is wall-clock time)."""
+
+    value: Any
+    worker: str
+    started: float
+    seconds: float
+
+
+class TaskLost(Exception):
+    """The worker running the task died before answering; ``detail`` says how."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class TaskTimedOut(Exception):
+    """The task ran longer than its timeout and was stopped (or abandoned)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+
+class Engine(abc.ABC):
+    """Runs opaque tasks somewhere. Knows nothing about steps, chunks or graphs.
+
+    Class attributes describe the engine to the planner and the runner:
+
+    * ``ships_data``: tasks cross a process boundary, so functions and data are pickled (the
+      planner checks functions can be; the runner weighs pickling cost against compute cost).
+    * ``target_task_seconds``: how long a task should run to amortise the engine's hand-off cost
+      while still balancing load; the runner sizes automatic chunks to it.
+
+    Engines are context managers: leaving the ``with`` block shuts the engine down, cancelling
+    pending work if the block raised.
+    """
+
+    name: ClassVar[str]
+    ships_data: ClassVar[bool] = True
+    target_task_seconds: ClassVar[float] = 0.05
+
+    @property
+    @abc.abstractmethod
+    def workers(self) -> int:
+        """How many tasks the engine runs at once."""
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """A URL where the engine shows its own live view, if it has one."""
+        return None
+
+    @abc.abstractmethod
+    def submit(self, task: Task) -> Future[TaskResult]:
+        """Start ``task`` (or queue it) and return a future for its result."""
+
+    @abc.abstractmethod
+    def shutdown(self, *, cancel_pending: bool) -> None:
+        """Stop the engine; return only once nothing it started (process, thread, container) is
+        still working on this run's tasks. With ``cancel_pending``, queued tasks are dropped and
+        running ones stopped where the engine can stop them."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown(cancel_pending=exc_type is not None)
+
+
+_ENGINES: dict[str, str] = {
+    "serial": "madhatter.engines.serial:SerialEngine",
+    "threads": "madhatter.engines.threads:ThreadsEngine",
+    "processes": "madhatter.engines.processes:ProcessesEngine",
+}
+
+
+def engine_names() -> tuple[str, ...]:
+    """The names of every registered engine."""
+    return tuple(sorted(_ENGINES))
+
+
+def register_engine(name: str, target: str | type[Engine]) -> None:
+    """Make an engine available by name: a class, or ``"package.module:ClassName"`` (lazy)."""
+    if isinstance(target, type):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _ENGINES[name] = target
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered under ``name`` (importing its module on first use)."""
+    if name not in _ENGINES:
+        raise UnknownEngineError(
+            f"no engine named {name!r}; choose one of: {', '.join(engine_names())}"
+        )
+    module, _, attr = _ENGINES[name].partition(":")
+    cls: type[Engine] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def get_engine(name: str, **options: Any) -> Engine:
+    """Create the engine registered under ``name`` with the given options."""
+    return engine_class(name)(**options)
+
+
+def require_extra(module: str, *, extra: str) -> ModuleType:
+    """Import an optional dependency, or explain which extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.partition(".")[0]:
+            raise  # something else is broken: show the real error
+        raise MissingExtraError(
+            f"the {extra!r} engine needs {module!r}: pip install 'madhatter[{extra}]'"
+        ) from None

@@ -1,0 +1,189 @@
+"""The code that runs on a worker: one chunk through a fused chain of steps.
+
+A :class:`ChainTask` is the task function the runner hands to every engine. It is pickled once per
+worker and called once per chunk. For each step of the chain it applies the user's function to the
+chunk (per chunk, per item, or as a filter), times it, and turns the user's exception into a
+:class:`~madhatter.StepFailed` that names the step and chunk and carries the traceback as text.
+
+A step with ``on_error="skip"`` whose function fails on a chunk is re-run item by item, so only the
+failing items are left out; each becomes a :class:`SkippedItem` that travels back with the result.
+
+Per-worker ``setup`` runs once per (run, step, worker thread) and is cached here, in the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import reprlib
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from .._errors import StepFailed
+from ._base import TaskTimedOut
+from ._deadline import deadline
+
+_preview = reprlib.Repr()
+_preview.maxlist = _preview.maxtuple = _preview.maxset = _preview.maxdict = 4
+_preview.maxstring = _preview.maxother = 60
+_preview.maxlevel = 3
+
+
+def preview(value: object) -> str:
+    """A short, safe repr of a chunk or an item for error messages."""
+    try:
+        return _preview.repr(value)
+    except Exception:  # a user __repr__ that raises must not hide the real error
+        return f"<{type(value).__name__} object>"
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedItem:
+    """An item a step with ``on_error="skip"`` left out: which, where, and why."""
+
+    step: str
+    chunk: int
+    item: Any
+    error: str
+    traceback: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainOp:
+    """One step of a chain as the worker needs it: its function, kind and bound parameters."""
+
+    step: str
+    kind: str  # "chunks", "map" or "filter"
+    func: Callable[..., Any]
+    params: tuple[tuple[str, Any], ...] = ()
+    setup: Callable[[], Mapping[str, Any]] | None = None
+    on_error: str = "raise"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCount:
+    """What one step did with one chunk."""
+
+    items_in: int
+    items_out: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkOutcome:
+    """The result of a chunk: outputs, per-step counts (in chain order) and skipped items."""
+
+    outputs: list[Any]
+    counts: tuple[StepCount, ...]
+    skipped: tuple[SkippedItem, ...] = ()
+
+
+_setups: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+_setups_lock = threading.Lock()
+
+
+def _setup_kwargs(run_key: str, op: ChainOp) -> dict[str, Any]:
+    kwargs = dict(op.params)
+    if op.setup is None:
+        return kwargs
+    key = (run_key, op.step, threading.get_ident())
+    with _setups_lock:
+        cached = _setups.get(key)
+    if cached is None:
+        cached = op.setup()
+        if not isinstance(cached, Mapping):
+            raise TypeError(
+                f"setup of step {op.step!r} must return a mapping of keyword arguments for the "
+                f"step's function (e.g. {{'model': model}}), not {type(cached).__name__}"
+            )
+        with _setups_lock:
+            _setups[key] = cached
+    kwargs.update(cached)
+    return kwargs
+
+
+def release_setups(run_key: str) -> None:
+    """Forget the setup values of a finished run (in this process)."""
+    with _setups_lock:
+        for key in [key for key in _setups if key[0] == run_key]:
+            del _setups[key]
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without madhatter's own frames above the user's function."""
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _apply(op: ChainOp, items: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    func = op.func
+    if op.kind == "map":
+        return list(map(func, items)) if not kwargs else [func(x, **kwargs) for x in items]
+    if op.kind == "filter":
+        return list(filter(func, items)) if not kwargs else [x for x in items if func(x, **kwargs)]
+    result = func(items, **kwargs)
+    if result is None or isinstance(result, (str, bytes)):
+        raise TypeError(
+            f"a @parallel step must return an iterable of outputs for its chunk, not "
+            f"{type(result).__name__}; use @parallel.map for one output per item"
+        )
+    return list(result)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainTask:
+    """Runs one chunk through a chain of steps; the task function every engine receives.
+
+    Args (of ``__call__``): ``(chunk_index, items)``. Returns a :class:`ChunkOutcome`.
+    """
+
+    run_key: str
+    ops: tuple[ChainOp, ...]
+    timeout: float | None = None
+
+    def __call__(self, argument: tuple[int, list[Any]]) -> ChunkOutcome:
+        chunk, items = argument
+        with deadline(self.timeout):
+            return self._run(chunk, items)
+
+    def _run(self, chunk: int, items: list[Any]) -> ChunkOutcome:
+        counts: list[StepCount] = []
+        skipped: list[SkippedItem] = []
+        for op in self.ops:
+            started = time.perf_counter()
+            try:
+                kwargs = _setup_kwargs(self.run_key, op)
+                outputs = _apply(op, items, kwargs)
+            except TaskTimedOut:
+                raise
+            except Exception as exc:
+                if op.on_error != "skip" or not items:
+                    raise _failure(op.step, chunk, items, exc) from exc
+                outputs = self._item_by_item(op, chunk, items, skipped)
+            counts.append(StepCount(len(items), len(outputs), time.perf_counter() - started))
+            items = outputs
+        return ChunkOutcome(items, tuple(counts), tuple(skipped))
+
+    def _item_by_item(
+        self, op: ChainOp, chunk: int, items: list[Any], skipped: list[SkippedItem]
+    ) -> list[Any]:
+        outputs: list[Any] = []
+        kwargs = _setup_kwargs(self.run_key, op)
+        for item in items:
+            try:
+                outputs.extend(_apply(op, [item], kwargs))
+            except TaskTimedOut:
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                skipped.append(SkippedItem(op.step, chunk, item, error, _user_traceback(exc)))
+        return outputs
+
+
+def _failure(step: str, chunk: int, items: list[Any], exc: Exception) -> StepFailed:
+    return StepFailed(step, chunk, preview(items), _user_traceback(exc))

@@ -1,0 +1,425 @@
+"""Drive a :class:`~madhatter.graph.Plan` on engines: the one place where a run happens.
+
+The run is a small dataflow machine in the driver's thread:
+
+* a *driver* stage (a ``@preprocess`` or ``@postprocess`` step) is called once, in the driver, when
+  its inputs are complete -- or at once with lazy iterators, for ``stream=True``;
+* a *parallel* stage is a :class:`~._stage.StageRunner` that reads its input (a driver value, or
+  the output :class:`~._channel.Channel` of the stage before it) and launches chunks on an engine;
+* :meth:`Scheduler.drive` pumps every active stage, then waits for the next task to finish, until
+  what the caller needs is ready. Nothing is materialised that no step asked to see whole.
+
+Everything a run starts is stopped when it ends: engines are shut down (cancelling their pending
+work if the run failed or was interrupted) before the error or the result is handed back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from threading import Event as ThreadingEvent
+from typing import Any
+
+from .._errors import RunCancelled, RunError, ShippingError, StepFailed
+from .._events import Emitter, Listener, RunFinished, RunStarted, StepFinished, StepStarted
+from ..graph import Plan, Stage
+from ._base import Engine, TaskResult, engine_class, get_engine
+from ._chain import ChainOp, ChainTask, ChunkOutcome, SkippedItem, preview, release_setups
+from ._channel import Channel
+from ._serialize import dumps_function
+from ._stage import ChannelReader, IterableReader, Job, Reader, StageRunner, StepStats
+
+CANCEL_POLL_SECONDS = 0.1
+"""How often a run with a cancel event looks at it while waiting for tasks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunReport:
+    """Everything a run produced: the result, the items it skipped, and per-step statistics."""
+
+    run_id: str
+    result: Any
+    skipped: tuple[SkippedItem, ...]
+    steps: Mapping[str, StepStats]
+    seconds: float
+
+
+class EngineSet:
+    """The engines of one run, created on first use: the run's own and any a step names."""
+
+    def __init__(self, default: str | Engine, workers: int | None, options: Mapping[str, Any]):
+        self._default = default
+        self._workers = workers
+        self._options = dict(options)
+        self._engines: dict[str, Engine] = {}
+
+    @property
+    def default_name(self) -> str:
+        return self._default if isinstance(self._default, str) else self._default.name
+
+    def ships_data(self, name: str | None) -> bool:
+        if name is None and not isinstance(self._default, str):
+            return self._default.ships_data
+        return engine_class(name or self.default_name).ships_data
+
+    def get(self, name: str | None) -> Engine:
+        key = name or self.default_name
+        if key not in self._engines:
+            if name is None and not isinstance(self._default, str):
+                self._engines[key] = self._default
+            else:
+                options = self._options if name is None else {}
+                self._engines[key] = get_engine(key, workers=self._workers, **options)
+        return self._engines[key]
+
+    def workers(self) -> int:
+        return self.get(None).workers
+
+    def shutdown(self, *, cancel_pending: bool) -> None:
+        errors = []
+        for engine in self._engines.values():
+            try:
+                engine.shutdown(cancel_pending=cancel_pending)
+            except Exception as exc:  # shut the others down regardless
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+class RunContext:
+    """The state of one run that stages share: events, statistics, skipped items, in-flight tasks."""
+
+    def __init__(self, run_id: str, emitter: Emitter, cancel: ThreadingEvent | None) -> None:
+        self.run_id = run_id
+        self.relaxed = False
+        self._emitter = emitter
+        self._cancel = cancel
+        self._skipped: list[SkippedItem] = []
+        self._stats: dict[str, StepStats] = {}
+        self.futures: dict[Future[TaskResult], tuple[StageRunner, Job]] = {}
+
+    def emit(self, event_factory: Callable[[], Any]) -> None:
+        if self._emitter:
+            self._emitter.emit(event_factory())
+
+    def skipped(self, outcome: ChunkOutcome) -> None:
+        self._skipped.extend(outcome.skipped)
+
+    def stats(self, step: str) -> StepStats:
+        return self._stats.setdefault(step, StepStats())
+
+    def track(self, future: Future[TaskResult], runner: StageRunner, job: Job) -> None:
+        self.futures[future] = (runner, job)
+
+    def check_cancelled(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise RunCancelled("cancel requested")
+
+    @property
+    def poll_seconds(self) -> float | None:
+        return CANCEL_POLL_SECONDS if self._cancel is not None else None
+
+    def report(self, result: Any, seconds: float) -> RunReport:
+        return RunReport(self.run_id, result, tuple(self._skipped), dict(self._stats), seconds)
+
+
+class _Collector:
+    """Drains a reader into a list, for a step that wants its input whole."""
+
+    def __init__(self, reader: ChannelReader) -> None:
+        self.reader = reader
+        self.items: list[Any] = []
+
+    def pump(self) -> bool:
+        if self.reader.exhausted:
+            return False
+        items = self.reader.read(max(1, self.reader.available()))
+        self.items.extend(items)
+        return bool(items)
+
+    @property
+    def done(self) -> bool:
+        return self.reader.exhausted
+
+
+class Scheduler:
+    """Evaluates a plan's stages on demand and pumps the active ones until a condition holds."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        engines: EngineSet,
+        run: RunContext,
+        params: Mapping[str, Any],
+        *,
+        inline: bool,
+    ) -> None:
+        self.plan, self.engines, self.run, self.params = plan, engines, run, params
+        self.inline = inline
+        self.runners: dict[str, StageRunner] = {}
+        self.channels: dict[str, Channel] = {}
+        self.values: dict[str, Any] = {}
+        self.collectors: list[_Collector] = []
+        self._inputs: dict[str, list[Callable[[], Any]]] = {}
+
+    # -- the run's result ------------------------------------------------------------------
+
+    def result(self) -> Any:
+        output = self.plan.stage(self.plan.output)
+        if output.kind == "driver":
+            return self.evaluate(output)
+        collector = _Collector(self._channel_reader(output))
+        self.collectors.append(collector)
+        self.drive(lambda: collector.done)
+        return collector.items
+
+    # -- driver stages ---------------------------------------------------------------------
+
+    def evaluate(self, stage: Stage) -> Any:
+        """The value of a driver stage, computing it (and what it needs) on first use."""
+        if stage.name in self.values:
+            return self.values[stage.name]
+        self._activate(stage)
+        getters = self._inputs.pop(stage.name)
+        step = stage.first
+        self.run.emit(lambda: StepStarted(self.run.run_id, step.name, None))
+        clock = time.perf_counter()
+        arguments = [getter() for getter in getters]
+        try:
+            value = step.func(*arguments, **self._params_of(stage))
+        except Exception as exc:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            raise StepFailed(step.name, 0, preview(arguments), text) from exc
+        if _is_one_shot(value) and len(self.plan.consumers(stage.name)) > 1:
+            value = list(value)  # several consumers: a generator can only be read once
+        seconds = time.perf_counter() - clock
+        stats = self.run.stats(step.name)
+        stats.seconds, stats.chunks = seconds, 1
+        stats.items_in = sum(len(a) for a in arguments if isinstance(a, list))
+        stats.items_out = len(value) if isinstance(value, list) else 0
+        self.run.emit(
+            lambda: StepFinished(
+                self.run.run_id, step.name, stats.items_in, stats.items_out, seconds
+            )
+        )
+        self.values[stage.name] = value
+        return value
+
+    def _activate(self, stage: Stage) -> None:
+        """Start everything ``stage`` needs, without running any driver function yet.
+
+        Parallel upstreams start running now, so sibling branches progress together while the
+        driver waits for the first of them.
+        """
+        if stage.name in self._inputs or stage.name in self.values:
+            return
+        getters: list[Callable[[], Any]] = []
+        for upstream_name in stage.upstreams:
+            upstream = self.plan.stage(upstream_name)
+            if upstream.kind == "driver":
+                self._activate(upstream)
+                getters.append(lambda upstream=upstream: self.evaluate(upstream))
+            elif stage.first.stream:
+                reader = self._channel_reader(upstream)
+                getters.append(lambda reader=reader: self._stream(reader))
+            else:
+                collector = _Collector(self._channel_reader(upstream))
+                self.collectors.append(collector)
+                getters.append(lambda collector=collector: self._collected(collector))
+        self._inputs[stage.name] = getters
+
+    def _collected(self, collector: _Collector) -> list[Any]:
+        self.drive(lambda: collector.done)
+        self.collectors.remove(collector)
+        return collector.items
+
+    def _stream(self, reader: ChannelReader) -> Iterator[Any]:
+        while True:
+            chunk = reader.read_chunk()
+            if chunk is not None:
+                yield from chunk
+            elif reader.exhausted:
+                return
+            else:
+                self.drive(lambda: reader.available() > 0 or reader.exhausted)
+
+    def _params_of(self, stage: Stage) -> dict[str, Any]:
+        step = stage.first
+        return {name: self.params[name] for name in step.param_names if name in self.params}
+
+    # -- parallel stages -------------------------------------------------------------------
+
+    def _channel_reader(self, stage: Stage) -> ChannelReader:
+        self._runner(stage)
+        return ChannelReader(self.channels[stage.name])
+
+    def _runner(self, stage: Stage) -> StageRunner:
+        if stage.name in self.runners:
+            return self.runners[stage.name]
+        readers = len(self.plan.consumers(stage.name)) + (stage.name == self.plan.output)
+        output = self.channels[stage.name] = Channel(readers)
+        upstream = self.plan.stage(stage.upstreams[0])
+        reader: Reader
+        if upstream.kind == "driver":
+            value = self.evaluate(upstream)
+            if not _is_iterable(value):
+                raise RunError(
+                    f"step {upstream.first.name!r} returned {type(value).__name__}, which is not "
+                    f"iterable, but parallel step {stage.first.name!r} needs a sequence to split"
+                )
+            reader = IterableReader(value)
+        else:
+            reader = self._channel_reader(upstream)
+        engine = self.engines.get(stage.first.engine)
+        runner = StageRunner(
+            stage,
+            self._task(stage),
+            reader,
+            output,
+            engine,
+            self.run,
+            inline_allowed=self.inline and _may_run_inline(stage),
+        )
+        self.runners[stage.name] = runner
+        return runner
+
+    def _task(self, stage: Stage) -> ChainTask:
+        ops = tuple(
+            ChainOp(
+                step=step.name,
+                kind=step.kind,
+                func=step.func,
+                params=tuple(
+                    (name, self.params[name]) for name in step.param_names if name in self.params
+                ),
+                setup=step.setup,
+                on_error=step.on_error,
+            )
+            for step in stage.steps
+        )
+        return ChainTask(self.run.run_id, ops, stage.first.timeout)
+
+    def check_shippable(self) -> None:
+        """Fail before any work if a step bound for a process boundary cannot be pickled."""
+        for stage in self.plan.stages:
+            if stage.kind != "parallel" or not self.engines.ships_data(stage.first.engine):
+                continue
+            engine_name = stage.first.engine or self.engines.default_name
+            for op in self._task(stage).ops:
+                for what, value in (("function", op.func), ("setup", op.setup), ("params", op.params)):
+                    try:
+                        dumps_function(value)
+                    except Exception as exc:
+                        reason = f"its {what} cannot be pickled ({type(exc).__name__}: {exc})"
+                        raise ShippingError(op.step, reason, engine_name) from exc
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def drive(self, until: Callable[[], bool]) -> None:
+        """Pump every active stage and wait for tasks until ``until()`` holds."""
+        run = self.run
+        while True:
+            run.check_cancelled()
+            progressed = False
+            for runner in list(self.runners.values()):
+                progressed = runner.pump() or progressed
+            for collector in self.collectors:
+                progressed = collector.pump() or progressed
+            if until():
+                return
+            if not run.futures:
+                if progressed:
+                    continue
+                due = [d for r in self.runners.values() if (d := r.next_retry_due()) is not None]
+                if due:
+                    time.sleep(max(0.0, min(due) - time.monotonic()))
+                    continue
+                if not run.relaxed:
+                    run.relaxed = True  # every producer waits on a full buffer: let them grow
+                    continue
+                raise RuntimeError("madhatter internal error: the run stalled with no work to do")
+            if progressed:
+                done = [future for future in run.futures if future.done()]
+            else:
+                done = list(wait(run.futures, self._wait_seconds(), FIRST_COMPLETED).done)
+            for future in done:
+                runner, job = run.futures.pop(future)
+                runner.on_done(future, job)
+
+    def _wait_seconds(self) -> float | None:
+        candidates = [d - time.monotonic() for r in self.runners.values() if (d := r.next_retry_due())]
+        if self.run.poll_seconds is not None:
+            candidates.append(self.run.poll_seconds)
+        return max(0.0, min(candidates)) if candidates else None
+
+
+def _is_iterable(value: object) -> bool:
+    try:
+        iter(value)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return not isinstance(value, (str, bytes, dict))
+
+
+def _is_one_shot(value: object) -> bool:
+    return isinstance(value, Iterator)
+
+
+def _may_run_inline(stage: Stage) -> bool:
+    """Steps that asked for isolation, limits or their own engine always go to workers."""
+    step = stage.first
+    return not (
+        step.timeout is not None
+        or step.engine is not None
+        or step.resources
+        or any(s.setup is not None for s in stage.steps)
+    )
+
+
+def execute_plan(
+    plan: Plan,
+    *,
+    pipeline: str,
+    engine: str | Engine,
+    workers: int | None,
+    params: Mapping[str, Any],
+    listeners: list[Listener],
+    cancel: ThreadingEvent | None,
+    inline: bool,
+    engine_options: Mapping[str, Any],
+) -> RunReport:
+    """Run ``plan`` and return its report; on any error, stop everything first, then raise."""
+    run_id = uuid.uuid4().hex[:12]
+    emitter = Emitter(listeners)
+    run = RunContext(run_id, emitter, cancel)
+    engines = EngineSet(engine, workers, engine_options)
+    scheduler = Scheduler(plan, engines, run, params, inline=inline)
+    scheduler.check_shippable()
+    steps = tuple(itertools.chain.from_iterable(stage.step_names for stage in plan.stages))
+    started = time.perf_counter()
+    status, error = "failed", None
+    try:
+        run.emit(
+            lambda: RunStarted(run_id, pipeline, engines.default_name, engines.workers(), steps)
+        )
+        result = scheduler.result()
+        status = "succeeded"
+        return run.report(result, time.perf_counter() - started)
+    except (KeyboardInterrupt, RunCancelled) as exc:
+        status, error = "cancelled", str(exc) or "interrupted"
+        raise
+    except BaseException as exc:
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise
+    finally:
+        try:
+            engines.shutdown(cancel_pending=status != "succeeded")
+        finally:
+            release_setups(run_id)
+            seconds = time.perf_counter() - started
+            run.emit(lambda: RunFinished(run_id, status, seconds, error))

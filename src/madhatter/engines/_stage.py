@@ -1,0 +1,399 @@
+"""Running one parallel stage: chunk its input, run the chunks, re-assemble the output.
+
+A :class:`StageRunner` is pumped by the scheduler (``_runner.py``): each pump reads input, launches
+chunks while the stage has capacity, and writes finished chunks to the stage's output channel in
+input order (or as they finish, when unordered). Capacity is the back-pressure: at most ``window``
+chunks in flight (the step's ``n``, capped by the engine's workers), and no new chunk while too many
+finished ones wait for a slow consumer.
+
+Where a chunk runs is decided per stage, from measurements (see ``_sizing.py``): the first items
+are run in the driver while timing them (the *probe*); if their compute time does not beat the cost
+of pickling them to a worker and back, the stage stays in the driver ("inline"), otherwise its
+chunks go to the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures import Future
+from typing import Any, Literal, Protocol
+
+from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost
+from .._events import ChunkDone, ChunkRetried, ItemSkipped, StepFinished, StepStarted, StepTotalKnown
+from ..graph import Stage
+from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
+from ._chain import ChainTask, ChunkOutcome, preview
+from ._channel import Channel
+from ._sizing import (
+    INLINE_TARGET_SECONDS,
+    PROBE_SECONDS,
+    ChunkSizer,
+    shipping_pays_off,
+    transfer_seconds_per_item,
+)
+
+Mode = Literal["probe", "inline", "ship"]
+OUTSTANDING_PER_WINDOW = 2
+"""Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
+
+
+class Reader(Protocol):
+    """A stage's input: items read in order, without waiting where possible."""
+
+    def ready(self, count: int) -> bool:
+        """Whether ``count`` items (or the rest of a finished input) can be read now."""
+
+    def available(self) -> int:
+        """Items readable right now (a lower bound)."""
+
+    def read(self, count: int) -> list[Any]:
+        """Up to ``count`` items."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True once everything has been read."""
+
+    @property
+    def total(self) -> int | None:
+        """The number of items in the whole input, once known."""
+
+
+class IterableReader:
+    """Reads a driver step's value (a list, or any iterable, however long)."""
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self._total = len(iterable) if isinstance(iterable, Sized) else None
+        self._iterator: Iterator[Any] = iter(iterable)
+        self._done = False
+        self._count = 0
+
+    def ready(self, count: int) -> bool:
+        return True
+
+    def available(self) -> int:
+        return 0 if self._done else 1
+
+    def read(self, count: int) -> list[Any]:
+        items = list(itertools.islice(self._iterator, count))
+        self._count += len(items)
+        if len(items) < count:
+            self._done = True
+        return items
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    @property
+    def total(self) -> int | None:
+        return self._count if self._done else self._total
+
+
+class ChannelReader:
+    """Reads a parallel stage's output channel through one of its cursors."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._reader = channel.claim_reader()
+
+    def ready(self, count: int) -> bool:
+        return self._channel.closed or self._channel.available(self._reader) >= count
+
+    def available(self) -> int:
+        return self._channel.available(self._reader)
+
+    def read(self, count: int) -> list[Any]:
+        return self._channel.read(self._reader, count)
+
+    def read_chunk(self) -> list[Any] | None:
+        return self._channel.read_chunk(self._reader)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._channel.exhausted(self._reader)
+
+    @property
+    def total(self) -> int | None:
+        return self._channel.count if self._channel.closed else None
+
+
+@dataclasses.dataclass
+class Job:
+    """One chunk of a stage, as launched (``attempt`` 0 first, then 1, 2, ... for retries)."""
+
+    index: int
+    items: list[Any]
+    attempt: int = 0
+
+
+@dataclasses.dataclass
+class StepStats:
+    """What one step did over the whole run."""
+
+    items_in: int = 0
+    items_out: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+
+class RunState(Protocol):
+    """What a stage runner needs from the run around it (implemented by ``_runner.RunContext``)."""
+
+    run_id: str
+    relaxed: bool
+
+    def emit(self, event_factory: Callable[[], Any]) -> None: ...
+    def skipped(self, outcome: ChunkOutcome) -> None: ...
+    def stats(self, step: str) -> StepStats: ...
+    def track(self, future: Future[TaskResult], runner: StageRunner, job: Job) -> None: ...
+
+
+class StageRunner:
+    """Drives one parallel stage (a fused chain of steps) on one engine."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        task: ChainTask,
+        reader: Reader,
+        output: Channel,
+        engine: Engine,
+        run: RunState,
+        *,
+        inline_allowed: bool,
+    ) -> None:
+        self.stage, self.task, self.reader, self.output = stage, task, reader, output
+        self.engine, self.run = engine, run
+        self.window = min(stage.n or engine.workers, engine.workers)
+        if getattr(engine, "runs_inline", False):
+            self.mode: Mode = "inline"
+        else:
+            self.mode = "probe" if inline_allowed else "ship"
+        target = INLINE_TARGET_SECONDS if self.mode != "ship" else engine.target_task_seconds
+        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=self.window)
+        self.sizer.total = reader.total
+        self.finished = False
+        self._adaptive = self.mode == "probe"
+        self._transfer = 0.0
+        self._probe_items = self._probe_seconds = 0
+        self._next_index = 0
+        self._next_emit = 0
+        self._in_flight = 0
+        self._buffer: dict[int, list[Any]] = {}
+        self._retries: list[tuple[float, int, Job]] = []
+        self._input_done = False
+        self._totals_known = reader.total is not None
+        for position, step in enumerate(stage.steps):
+            total = reader.total if self._map_only_before(position) else None
+            run.emit(lambda step=step, total=total: StepStarted(run.run_id, step.name, total))
+
+    # -- pumping ---------------------------------------------------------------------------
+
+    def pump(self) -> bool:
+        """Do what can be done now without waiting; return whether anything happened."""
+        if self.finished:
+            return False
+        progressed = self._flush()
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now and self._has_capacity():
+            self._launch(heapq.heappop(self._retries)[2])
+            progressed = True
+        while not self._input_done and self._has_capacity():
+            size = self._next_size()
+            if not self.reader.ready(size) and (self._in_flight or not self.reader.available()):
+                break  # wait for a fuller chunk while the stage still has work out
+            items = self.reader.read(size)
+            if len(items) < size and self.reader.exhausted:
+                self._input_done = True
+                self._announce_totals()
+            if not items:
+                break
+            self._launch(Job(self._next_index, items))
+            self._next_index += 1
+            progressed = True
+            if self.mode != "ship":
+                break  # one chunk in the driver per pump, so other stages get their turn
+        progressed = self._flush() or progressed
+        if self._input_done and not (self._in_flight or self._retries or self._buffer):
+            self._finish()
+            progressed = True
+        return progressed
+
+    def next_retry_due(self) -> float | None:
+        return self._retries[0][0] if self._retries else None
+
+    def _has_capacity(self) -> bool:
+        if self.mode != "ship":
+            return self.run.relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
+        if self._in_flight >= self.window:
+            return False
+        held = self._in_flight + len(self._buffer) + (0 if self.run.relaxed else self.output.pending())
+        return held < OUTSTANDING_PER_WINDOW * self.window + 1
+
+    def _next_size(self) -> int:
+        if self.mode == "probe" and self.stage.chunk_by is None:
+            return max(1, 2 * self._probe_items)  # 1, 2, 4, ... items until the probe is long enough
+        return self.sizer.next_size()
+
+    # -- running chunks --------------------------------------------------------------------
+
+    def _launch(self, job: Job) -> None:
+        if self.mode == "ship":
+            task = Task(
+                key=f"{self.run.run_id}/{self.stage.name}/{job.index}/{job.attempt}",
+                function=self.task,
+                function_key=f"{self.run.run_id}/{self.stage.name}",
+                argument=(job.index, job.items),
+                timeout=self.stage.first.timeout,
+                resources=dict(self.stage.first.resources),
+            )
+            try:
+                future = self.engine.submit(task)
+            except Exception as exc:
+                raise RunError(
+                    f"chunk {job.index} of step {self.stage.name!r} (input {preview(job.items)}) "
+                    f"cannot be sent to the {self.engine.name!r} engine: {type(exc).__name__}: {exc}"
+                ) from exc
+            self._in_flight += 1
+            self.run.track(future, self, job)
+            return
+        started, clock = time.time(), time.perf_counter()
+        try:
+            outcome = self.task((job.index, job.items))
+        except Exception as exc:
+            self._failed(job, exc)
+            return
+        result = TaskResult(outcome, "driver", started, time.perf_counter() - clock)
+        self._completed(job, result)
+        if self.mode == "probe":
+            self._probe(job, outcome, result.seconds)
+        elif self._adaptive and shipping_pays_off(self.sizer.per_item or 0.0, self._transfer):
+            self._switch_to_shipping()
+
+    def _probe(self, job: Job, outcome: ChunkOutcome, seconds: float) -> None:
+        self._probe_items += len(job.items)
+        self._probe_seconds += seconds
+        if self._probe_seconds < PROBE_SECONDS and not self._input_done:
+            return
+        if self.engine.ships_data:
+            self._transfer = transfer_seconds_per_item(job.items, outcome.outputs)
+        per_item = self._probe_seconds / max(1, self._probe_items)
+        if shipping_pays_off(per_item, self._transfer):
+            self._switch_to_shipping()
+        else:
+            self.mode = "inline"
+
+    def _switch_to_shipping(self) -> None:
+        self.mode = "ship"
+        self.sizer.target_seconds = self.engine.target_task_seconds
+
+    def on_done(self, future: Future[TaskResult], job: Job) -> None:
+        """Called by the scheduler when a future this stage launched has resolved."""
+        self._in_flight -= 1
+        if future.cancelled():
+            raise RunError(f"chunk {job.index} of step {self.stage.name!r} was cancelled")
+        error = future.exception()
+        if error is not None:
+            self._failed(job, error)
+        else:
+            self._completed(job, future.result())
+
+    def _completed(self, job: Job, result: TaskResult) -> None:
+        outcome: ChunkOutcome = result.value
+        self.sizer.observe(len(job.items), sum(count.seconds for count in outcome.counts))
+        for step, count in zip(self.stage.steps, outcome.counts):
+            stats = self.run.stats(step.name)
+            stats.items_in += count.items_in
+            stats.items_out += count.items_out
+            stats.chunks += 1
+            stats.seconds += count.seconds
+            self.run.emit(
+                lambda step=step, count=count: ChunkDone(
+                    self.run.run_id,
+                    step.name,
+                    job.index,
+                    count.items_in,
+                    count.items_out,
+                    count.seconds,
+                    result.worker,
+                    result.started,
+                )
+            )
+        if outcome.skipped:
+            self.run.skipped(outcome)
+            for item in outcome.skipped:
+                self.run.emit(
+                    lambda item=item: ItemSkipped(
+                        self.run.run_id, item.step, item.chunk, preview(item.item), item.error
+                    )
+                )
+        if self.stage.first.ordered:
+            self._buffer[job.index] = outcome.outputs
+        else:
+            self.output.write(outcome.outputs)
+
+    def _failed(self, job: Job, error: BaseException) -> None:
+        public = self._public_error(job, error)
+        if job.attempt >= self.stage.first.retries:
+            raise public from (error if public is not error else error.__cause__)
+        job.attempt += 1
+        delay = self.stage.first.retry_delay * 2 ** (job.attempt - 1)
+        heapq.heappush(self._retries, (time.monotonic() + delay, job.index, job))
+        self.run.emit(
+            lambda: ChunkRetried(
+                self.run.run_id, self.stage.name, job.index, job.attempt, _one_line(public)
+            )
+        )
+
+    def _public_error(self, job: Job, error: BaseException) -> BaseException:
+        if isinstance(error, RunError):
+            return error
+        if isinstance(error, TaskLost):
+            return WorkerLost(self.stage.name, job.index, error.detail)
+        if isinstance(error, TaskTimedOut):
+            return TaskTimeout(self.stage.name, job.index, error.timeout)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return StepFailed(self.stage.name, job.index, preview(job.items), text)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _flush(self) -> bool:
+        flushed = False
+        while self._next_emit in self._buffer:
+            self.output.write(self._buffer.pop(self._next_emit))
+            self._next_emit += 1
+            flushed = True
+        return flushed
+
+    def _announce_totals(self) -> None:
+        total = self.reader.total
+        if self._totals_known or total is None:
+            return
+        self._totals_known = True
+        self.sizer.total = total
+        for position, step in enumerate(self.stage.steps):
+            if self._map_only_before(position):
+                self.run.emit(lambda step=step: StepTotalKnown(self.run.run_id, step.name, total))
+
+    def _map_only_before(self, position: int) -> bool:
+        return all(step.kind == "map" for step in self.stage.steps[:position])
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.output.close()
+        for step in self.stage.steps:
+            stats = self.run.stats(step.name)
+            self.run.emit(
+                lambda step=step, stats=stats: StepFinished(
+                    self.run.run_id, step.name, stats.items_in, stats.items_out, stats.seconds
+                )
+            )
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -1,0 +1,79 @@
+"""The loop a local worker process runs: receive a task, run it, send the result back.
+
+One task at a time: the driver only sends a task to an idle worker, so when a worker dies the
+driver knows exactly which task it was running. Functions arrive once per worker (keyed by the
+task's ``function_key``) and are cached. The worker ignores SIGINT (the driver handles Ctrl-C and
+stops the workers itself) and, on Linux, asks the kernel to kill it if the driver dies, so a worker
+can never outlive its driver.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ._serialize import dumps_data, loads
+
+STOP = b"stop"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+
+
+def _result_message(key: str, ok: bool, value: Any, started: float, seconds: float) -> bytes:
+    try:
+        return dumps_data((key, ok, value, started, seconds))
+    except Exception as exc:
+        if ok:
+            error: BaseException = TypeError(
+                f"the task's output cannot be sent back to the driver: {type(exc).__name__}: {exc}"
+            )
+        else:
+            value.__cause__ = None  # the user's exception is what failed to pickle: keep the text
+            try:
+                return dumps_data((key, ok, value, started, seconds))
+            except Exception:
+                error = RuntimeError(f"{type(value).__name__}: {value}")
+        return pickle.dumps((key, False, error, started, seconds))
+
+
+def worker_main(conn: Connection, parent_pid: int) -> None:
+    """Serve tasks from ``conn`` until told to stop or the driver goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the driver died before we asked to die with it
+        return
+    functions: dict[str, Any] = {}
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if message == STOP:
+            return
+        key, function_key, function_bytes, argument_bytes = loads(message)
+        started, clock = time.time(), time.perf_counter()
+        try:
+            if function_bytes is not None:
+                functions[function_key] = loads(function_bytes)
+            value, ok = functions[function_key](loads(argument_bytes)), True
+        except Exception as exc:
+            value, ok = exc, False
+        reply = _result_message(key, ok, value, started, time.perf_counter() - clock)
+        try:
+            conn.send_bytes(reply)
+        except (BrokenPipeError, OSError):
+            return

@@ -1,0 +1,72 @@
+"""The ``threads`` engine: a pool of threads in the driver process.
+
+For I/O-bound steps (HTTP calls, reading files, waiting on a database): no pickling, no process
+start-up, and hundreds of workers are cheap. CPU-bound pure-Python steps gain nothing here because
+of the GIL; use ``processes``. A thread cannot be stopped from outside, so a task that overruns its
+timeout fails the chunk while the thread finishes it in the background.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ._base import Engine, Task, TaskResult, TaskTimedOut
+
+
+class ThreadsEngine(Engine):
+    """Runs tasks on a pool of threads (default: ``min(32, cores + 4)``, as the standard library)."""
+
+    name = "threads"
+    ships_data = False
+    target_task_seconds = 0.005
+
+    def __init__(self, workers: int | None = None) -> None:
+        self._size = workers or min(32, (os.cpu_count() or 1) + 4)
+        self._pool = ThreadPoolExecutor(max_workers=self._size, thread_name_prefix="madhatter")
+
+    @property
+    def workers(self) -> int:
+        return self._size
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        inner = self._pool.submit(_run, task)
+        if task.timeout is None:
+            return inner
+        outer: Future[TaskResult] = Future()
+        outer.set_running_or_notify_cancel()
+        timer = threading.Timer(task.timeout, _expire, args=(outer, task.timeout))
+        timer.daemon = True
+
+        def copy(done: Future[TaskResult]) -> None:
+            timer.cancel()
+            if outer.done():
+                return
+            if done.cancelled():
+                outer.cancel()
+            elif done.exception() is not None:
+                outer.set_exception(done.exception())
+            else:
+                outer.set_result(done.result())
+
+        inner.add_done_callback(copy)
+        timer.start()
+        return outer
+
+    def shutdown(self, *, cancel_pending: bool) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel_pending)
+
+
+def _run(task: Task) -> TaskResult:
+    started, clock = time.time(), time.perf_counter()
+    value = task.function(task.argument)
+    return TaskResult(value, threading.current_thread().name, started, time.perf_counter() - clock)
+
+
+def _expire(future: Future[TaskResult], timeout: float) -> None:
+    try:
+        future.set_exception(TaskTimedOut(timeout))
+    except Exception:  # already resolved: the task finished just in time
+        pass
