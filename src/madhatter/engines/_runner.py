@@ -418,7 +418,8 @@ def execute_plan(
         raise
     finally:
         try:
-            engines.shutdown(cancel_pending=status != "succeeded")
+            # After success, tasks still out are unneeded (a stream consumer stopped early).
+            engines.shutdown(cancel_pending=status != "succeeded" or bool(run.futures))
         finally:
             release_setups(run_id)
             seconds = time.perf_counter() - started

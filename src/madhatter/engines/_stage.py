@@ -20,7 +20,7 @@ import itertools
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sized
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, Literal, Protocol
 
 from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost
@@ -29,6 +29,7 @@ from ..graph import Stage
 from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
 from ._chain import ChainTask, ChunkOutcome, preview
 from ._channel import Channel
+from .serial import run_in_thread
 from ._sizing import (
     INLINE_TARGET_SECONDS,
     PROBE_SECONDS,
@@ -38,6 +39,8 @@ from ._sizing import (
 )
 
 Mode = Literal["probe", "inline", "ship"]
+DRIVER = "driver"
+"""The worker name of chunks run in the driver process."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
 
@@ -129,6 +132,7 @@ class Job:
     index: int
     items: list[Any]
     attempt: int = 0
+    in_driver: bool = False  # running on the driver's probe thread, not on the engine
 
 
 @dataclasses.dataclass
@@ -184,6 +188,7 @@ class StageRunner:
         self._next_index = 0
         self._next_emit = 0
         self._in_flight = 0
+        self._in_driver = 0
         self._buffer: dict[int, list[Any]] = {}
         self._retries: list[tuple[float, int, Job]] = []
         self._input_done = False
@@ -219,7 +224,9 @@ class StageRunner:
             if self.mode != "ship":
                 break  # one chunk in the driver per pump, so other stages get their turn
         progressed = self._flush() or progressed
-        if self._input_done and not (self._in_flight or self._retries or self._buffer):
+        if self._input_done and not (
+            self._in_flight or self._in_driver or self._retries or self._buffer
+        ):
             self._finish()
             progressed = True
         return progressed
@@ -262,13 +269,30 @@ class StageRunner:
             self._in_flight += 1
             self.run.track(future, self, job)
             return
-        started, clock = time.time(), time.perf_counter()
-        try:
-            outcome = self.task((job.index, job.items))
-        except Exception as exc:
-            self._failed(job, exc)
-            return
-        result = TaskResult(outcome, "driver", started, time.perf_counter() - clock)
+        if self.mode == "probe" and self._probe_items == 0:
+            # The first item's cost is unknown: time-box it on a thread, so a slow item starts
+            # the engine's workers at once instead of keeping them idle while the driver works.
+            task = Task(f"{self.run.run_id}/{self.stage.name}/probe", self.task, "", (job.index, job.items))
+            future = run_in_thread(task, DRIVER)
+            if not wait([future], timeout=PROBE_SECONDS).done:
+                self._switch_to_shipping()
+                job.in_driver = True
+                self._in_driver += 1
+                self.run.track(future, self, job)
+                return
+            if future.exception() is not None:
+                self._failed(job, future.exception())
+                return
+            result = future.result()
+        else:
+            started, clock = time.time(), time.perf_counter()
+            try:
+                outcome = self.task((job.index, job.items))
+            except Exception as exc:
+                self._failed(job, exc)
+                return
+            result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
+        outcome = result.value
         self._completed(job, result)
         if self.mode == "probe":
             self._probe(job, outcome, result.seconds)
@@ -294,7 +318,11 @@ class StageRunner:
 
     def on_done(self, future: Future[TaskResult], job: Job) -> None:
         """Called by the scheduler when a future this stage launched has resolved."""
-        self._in_flight -= 1
+        if job.in_driver:
+            self._in_driver -= 1
+            job.in_driver = False
+        else:
+            self._in_flight -= 1
         if future.cancelled():
             raise RunError(f"chunk {job.index} of step {self.stage.name!r} was cancelled")
         error = future.exception()

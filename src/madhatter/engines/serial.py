@@ -6,6 +6,7 @@ output the other engines are tested against.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 
@@ -24,6 +25,24 @@ def run_inline(task: Task, worker: str) -> Future[TaskResult]:
         future.set_exception(exc)
     else:
         future.set_result(TaskResult(value, worker, started, time.perf_counter() - clock))
+    return future
+
+
+def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
+    """Run ``task`` on a new daemon thread; its future resolves when it is done."""
+    future: Future[TaskResult] = Future()
+    future.set_running_or_notify_cancel()
+
+    def target() -> None:
+        started, clock = time.time(), time.perf_counter()
+        try:
+            value = task.function(task.argument)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(TaskResult(value, worker, started, time.perf_counter() - clock))
+
+    threading.Thread(target=target, name="madhatter-probe", daemon=True).start()
     return future
 
 

@@ -1,0 +1,92 @@
+"""``madhatter run``: run a pipeline with progress on stderr and the result on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pprint
+import sys
+from typing import IO, Any
+
+from .._events import Listener
+from .._params import parse_assignments
+from .._pipeline import DEFAULT_ENGINE, Pipeline
+from ..engines import engine_names
+from ._progress import EventsWriter, ProgressBars, ProgressLines
+
+SKIPPED_SHOWN = 5
+
+
+def add_run_command(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run a pipeline and print its result",
+        description="Run the pipeline defined in a Python file or module and print its result.",
+    )
+    parser.add_argument("target", metavar="FILE_OR_MODULE", help="a .py file or a module name")
+    parser.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        help=f"where tasks run: {', '.join(engine_names())} (default: {DEFAULT_ENGINE})",
+    )
+    parser.add_argument("--workers", type=int, help="the engine's pool size (default: per engine)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a run parameter (a step's keyword parameter); repeatable",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.add_argument("--events", metavar="FILE", help="write every progress event as JSON lines")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--no-inline",
+        dest="inline",
+        action="store_false",
+        help="always send parallel steps to the engine, even when they are too cheap to gain",
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    pipeline = Pipeline.from_module(args.target)
+    params = parse_assignments(args.param)
+    with contextlib.ExitStack() as stack:
+        listeners: list[Listener] = []
+        if not args.quiet:
+            progress = ProgressBars if sys.stderr.isatty() else ProgressLines
+            listeners.append(progress(sys.stderr))
+        if args.events:
+            events_file: IO[str] = stack.enter_context(open(args.events, "w", encoding="utf-8"))
+            listeners.append(EventsWriter(events_file))
+        report = pipeline.execute(
+            engine=args.engine,
+            workers=args.workers,
+            params=params,
+            listeners=listeners,
+            inline=args.inline,
+        )
+    for item in report.skipped[:SKIPPED_SHOWN]:
+        print(f"skipped in step {item.step} (chunk {item.chunk}): {item.error}", file=sys.stderr)
+    if len(report.skipped) > SKIPPED_SHOWN:
+        print(f"... and {len(report.skipped) - SKIPPED_SHOWN} more skipped", file=sys.stderr)
+    print_result(report.result, as_json=args.json)
+    return 0
+
+
+def print_result(result: Any, *, as_json: bool, stream: IO[str] | None = None) -> None:
+    """Print the result: JSON when asked, else pretty-printed Python."""
+    stream = stream or sys.stdout
+    if as_json:
+        json.dump(result, stream, default=_jsonable, indent=2 if stream.isatty() else None)
+        stream.write("\n")
+    else:
+        pprint.pprint(result, stream=stream, sort_dicts=False)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, range)) or hasattr(value, "__iter__"):
+        return list(value)
+    return repr(value)

@@ -1,0 +1,50 @@
+"""Helpers for testing pipelines and engines (public, for users and for engine authors).
+
+``RecordingListener`` keeps every event of a run; ``available_engines()`` lists the engines that
+can run here, so one test can be parametrised over all of them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .._errors import MissingExtraError
+from .._events import Event
+from ..engines import engine_class, engine_names
+
+__all__ = ["RecordingListener", "available_engines"]
+
+
+class RecordingListener:
+    """A listener that records every event it receives (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of_type(self, kind: type[Event]) -> list[Event]:
+        """The recorded events of one class, in the order they came."""
+        with self._lock:
+            return [event for event in self.events if isinstance(event, kind)]
+
+    def types(self) -> list[str]:
+        """The class names of the recorded events, in order."""
+        with self._lock:
+            return [type(event).__name__ for event in self.events]
+
+
+def available_engines() -> list[str]:
+    """Names of the registered engines whose dependencies are installed here."""
+    names = []
+    for name in engine_names():
+        try:
+            engine_class(name)
+        except (MissingExtraError, ImportError):
+            continue
+        names.append(name)
+    return names
+
