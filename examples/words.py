@@ -18,11 +18,11 @@ from pathlib import Path
 
 from madhatter import depends, parallel, postprocess, preprocess
 
-VOCABULARY = (
+WORD = re.compile(r"[a-z']+")
+VOCABULARY = WORD.findall(
     "the quick brown fox jumps over a lazy dog while hatters mad and march hares drink tea "
     "at six o'clock forever because time stood still for them in wonderland long ago"
-).split()
-WORD = re.compile(r"[a-z']+")
+)
 
 
 def sample_corpus(files: int) -> Path:

@@ -158,7 +158,7 @@ class _ParallelDecorator:
         engine: str | None = None,
         resources: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]: ...
-    def __call__(
+    def __call__(  # type: ignore[misc]  # mypy cannot match the bare and the called form here
         self,
         fn: F | None = None,
         /,

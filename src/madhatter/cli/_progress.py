@@ -85,13 +85,13 @@ class _Tracker:
 
     def update(self, event: Event) -> _StepProgress | None:
         if isinstance(event, RunStarted):
-            for name in event.steps:
-                self.steps.setdefault(name, _StepProgress(name))
+            for step_name in event.steps:
+                self.steps.setdefault(step_name, _StepProgress(step_name))
             return None
         if isinstance(event, RunFinished):
             self.status = event.status
             return None
-        name = getattr(event, "step", None)
+        name: str | None = getattr(event, "step", None)
         if name is None:
             return None
         step = self.steps.setdefault(name, _StepProgress(name))

@@ -144,9 +144,7 @@ def register_engine(name: str, target: str | type[Engine]) -> None:
 def engine_class(name: str) -> type[Engine]:
     """The engine class registered under ``name`` (importing its module on first use)."""
     if name not in _ENGINES:
-        raise UnknownEngineError(
-            f"no engine named {name!r}; choose one of: {', '.join(engine_names())}"
-        )
+        raise UnknownEngineError(f"no engine named {name!r}; choose one of: {', '.join(engine_names())}")
     module, _, attr = _ENGINES[name].partition(":")
     cls: type[Engine] = getattr(importlib.import_module(module), attr)
     return cls

@@ -16,6 +16,7 @@ work if the run failed or was interrupted) before the error or the result is han
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 import traceback
@@ -26,7 +27,15 @@ from threading import Event as ThreadingEvent
 from typing import Any
 
 from .._errors import RunCancelled, RunError, ShippingError, StepFailed
-from .._events import Emitter, Listener, RunFinished, RunStarted, StepFinished, StepStarted
+from .._events import (
+    Emitter,
+    Event,
+    Listener,
+    RunFinished,
+    RunStarted,
+    StepFinished,
+    StepStarted,
+)
 from ..graph import Plan, Stage
 from ._base import Engine, TaskResult, engine_class, get_engine
 from ._chain import ChainOp, ChainTask, ChunkOutcome, SkippedItem, preview, release_setups
@@ -103,9 +112,14 @@ class RunContext:
         self._stats: dict[str, StepStats] = {}
         self.futures: dict[Future[TaskResult], tuple[StageRunner, Job]] = {}
 
-    def emit(self, event_factory: Callable[[], Any]) -> None:
+    @property
+    def emitting(self) -> bool:
+        """Whether anyone listens (hot paths skip building events otherwise)."""
+        return bool(self._emitter)
+
+    def emit(self, event: Event) -> None:
         if self._emitter:
-            self._emitter.emit(event_factory())
+            self._emitter.emit(event)
 
     def skipped(self, outcome: ChunkOutcome) -> None:
         self._skipped.extend(outcome.skipped)
@@ -187,7 +201,7 @@ class Scheduler:
         self._activate(stage)
         getters = self._inputs.pop(stage.name)
         step = stage.first
-        self.run.emit(lambda: StepStarted(self.run.run_id, step.name, None))
+        self.run.emit(StepStarted(self.run.run_id, step.name, None))
         clock = time.perf_counter()
         arguments = [getter() for getter in getters]
         try:
@@ -202,11 +216,7 @@ class Scheduler:
         stats.seconds, stats.chunks = seconds, 1
         stats.items_in = sum(len(a) for a in arguments if isinstance(a, list))
         stats.items_out = len(value) if isinstance(value, list) else 0
-        self.run.emit(
-            lambda: StepFinished(
-                self.run.run_id, step.name, stats.items_in, stats.items_out, seconds
-            )
-        )
+        self.run.emit(StepFinished(self.run.run_id, step.name, stats.items_in, stats.items_out, seconds))
         self.values[stage.name] = value
         return value
 
@@ -223,14 +233,14 @@ class Scheduler:
             upstream = self.plan.stage(upstream_name)
             if upstream.kind == "driver":
                 self._activate(upstream)
-                getters.append(lambda upstream=upstream: self.evaluate(upstream))
+                getters.append(functools.partial(self.evaluate, upstream))
             elif stage.first.stream:
                 reader = self._channel_reader(upstream)
-                getters.append(lambda reader=reader: self._stream(reader))
+                getters.append(functools.partial(self._stream, reader))
             else:
                 collector = _Collector(self._channel_reader(upstream))
                 self.collectors.append(collector)
-                getters.append(lambda collector=collector: self._collected(collector))
+                getters.append(functools.partial(self._collected, collector))
         self._inputs[stage.name] = getters
 
     def _collected(self, collector: _Collector) -> list[Any]:
@@ -311,7 +321,11 @@ class Scheduler:
                 continue
             engine_name = stage.first.engine or self.engines.default_name
             for op in self._task(stage).ops:
-                for what, value in (("function", op.func), ("setup", op.setup), ("params", op.params)):
+                for what, value in (
+                    ("function", op.func),
+                    ("setup", op.setup),
+                    ("params", op.params),
+                ):
                     try:
                         dumps_function(value)
                     except Exception as exc:
@@ -404,9 +418,7 @@ def execute_plan(
     started = time.perf_counter()
     status, error = "failed", None
     try:
-        run.emit(
-            lambda: RunStarted(run_id, pipeline, engines.default_name, engines.workers(), steps)
-        )
+        run.emit(RunStarted(run_id, pipeline, engines.default_name, engines.workers(), steps))
         result = scheduler.result()
         status = "succeeded"
         return run.report(result, time.perf_counter() - started)
@@ -423,4 +435,4 @@ def execute_plan(
         finally:
             release_setups(run_id)
             seconds = time.perf_counter() - started
-            run.emit(lambda: RunFinished(run_id, status, seconds, error))
+            run.emit(RunFinished(run_id, status, seconds, error))

@@ -19,17 +19,24 @@ import heapq
 import itertools
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, wait
 from typing import Any, Literal, Protocol
 
 from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost
-from .._events import ChunkDone, ChunkRetried, ItemSkipped, StepFinished, StepStarted, StepTotalKnown
+from .._events import (
+    ChunkDone,
+    ChunkRetried,
+    Event,
+    ItemSkipped,
+    StepFinished,
+    StepStarted,
+    StepTotalKnown,
+)
 from ..graph import Stage
 from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
 from ._chain import ChainTask, ChunkOutcome, preview
 from ._channel import Channel
-from .serial import run_in_thread
 from ._sizing import (
     INLINE_TARGET_SECONDS,
     PROBE_SECONDS,
@@ -37,6 +44,7 @@ from ._sizing import (
     shipping_pays_off,
     transfer_seconds_per_item,
 )
+from .serial import run_in_thread
 
 Mode = Literal["probe", "inline", "ship"]
 DRIVER = "driver"
@@ -151,7 +159,10 @@ class RunState(Protocol):
     run_id: str
     relaxed: bool
 
-    def emit(self, event_factory: Callable[[], Any]) -> None: ...
+    @property
+    def emitting(self) -> bool: ...
+
+    def emit(self, event: Event) -> None: ...
     def skipped(self, outcome: ChunkOutcome) -> None: ...
     def stats(self, step: str) -> StepStats: ...
     def track(self, future: Future[TaskResult], runner: StageRunner, job: Job) -> None: ...
@@ -184,7 +195,8 @@ class StageRunner:
         self.finished = False
         self._adaptive = self.mode == "probe"
         self._transfer = 0.0
-        self._probe_items = self._probe_seconds = 0
+        self._probe_items = 0
+        self._probe_seconds = 0.0
         self._next_index = 0
         self._next_emit = 0
         self._in_flight = 0
@@ -195,7 +207,7 @@ class StageRunner:
         self._totals_known = reader.total is not None
         for position, step in enumerate(stage.steps):
             total = reader.total if self._map_only_before(position) else None
-            run.emit(lambda step=step, total=total: StepStarted(run.run_id, step.name, total))
+            run.emit(StepStarted(run.run_id, step.name, total))
 
     # -- pumping ---------------------------------------------------------------------------
 
@@ -272,7 +284,9 @@ class StageRunner:
         if self.mode == "probe" and self._probe_items == 0:
             # The first item's cost is unknown: time-box it on a thread, so a slow item starts
             # the engine's workers at once instead of keeping them idle while the driver works.
-            task = Task(f"{self.run.run_id}/{self.stage.name}/probe", self.task, "", (job.index, job.items))
+            task = Task(
+                f"{self.run.run_id}/{self.stage.name}/probe", self.task, "", (job.index, job.items)
+            )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
                 self._switch_to_shipping()
@@ -280,8 +294,9 @@ class StageRunner:
                 self._in_driver += 1
                 self.run.track(future, self, job)
                 return
-            if future.exception() is not None:
-                self._failed(job, future.exception())
+            error = future.exception()
+            if error is not None:
+                self._failed(job, error)
                 return
             result = future.result()
         else:
@@ -334,31 +349,30 @@ class StageRunner:
     def _completed(self, job: Job, result: TaskResult) -> None:
         outcome: ChunkOutcome = result.value
         self.sizer.observe(len(job.items), sum(count.seconds for count in outcome.counts))
-        for step, count in zip(self.stage.steps, outcome.counts):
+        for step, count in zip(self.stage.steps, outcome.counts, strict=True):
             stats = self.run.stats(step.name)
             stats.items_in += count.items_in
             stats.items_out += count.items_out
             stats.chunks += 1
             stats.seconds += count.seconds
-            self.run.emit(
-                lambda step=step, count=count: ChunkDone(
-                    self.run.run_id,
-                    step.name,
-                    job.index,
-                    count.items_in,
-                    count.items_out,
-                    count.seconds,
-                    result.worker,
-                    result.started,
+            if self.run.emitting:
+                self.run.emit(
+                    ChunkDone(
+                        self.run.run_id,
+                        step.name,
+                        job.index,
+                        count.items_in,
+                        count.items_out,
+                        count.seconds,
+                        result.worker,
+                        result.started,
+                    )
                 )
-            )
         if outcome.skipped:
             self.run.skipped(outcome)
             for item in outcome.skipped:
                 self.run.emit(
-                    lambda item=item: ItemSkipped(
-                        self.run.run_id, item.step, item.chunk, preview(item.item), item.error
-                    )
+                    ItemSkipped(self.run.run_id, item.step, item.chunk, preview(item.item), item.error)
                 )
         if self.stage.first.ordered:
             self._buffer[job.index] = outcome.outputs
@@ -373,9 +387,7 @@ class StageRunner:
         delay = self.stage.first.retry_delay * 2 ** (job.attempt - 1)
         heapq.heappush(self._retries, (time.monotonic() + delay, job.index, job))
         self.run.emit(
-            lambda: ChunkRetried(
-                self.run.run_id, self.stage.name, job.index, job.attempt, _one_line(public)
-            )
+            ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, _one_line(public))
         )
 
     def _public_error(self, job: Job, error: BaseException) -> BaseException:
@@ -406,7 +418,7 @@ class StageRunner:
         self.sizer.total = total
         for position, step in enumerate(self.stage.steps):
             if self._map_only_before(position):
-                self.run.emit(lambda step=step: StepTotalKnown(self.run.run_id, step.name, total))
+                self.run.emit(StepTotalKnown(self.run.run_id, step.name, total))
 
     def _map_only_before(self, position: int) -> bool:
         return all(step.kind == "map" for step in self.stage.steps[:position])
@@ -417,9 +429,7 @@ class StageRunner:
         for step in self.stage.steps:
             stats = self.run.stats(step.name)
             self.run.emit(
-                lambda step=step, stats=stats: StepFinished(
-                    self.run.run_id, step.name, stats.items_in, stats.items_out, stats.seconds
-                )
+                StepFinished(self.run.run_id, step.name, stats.items_in, stats.items_out, stats.seconds)
             )
 
 

@@ -140,7 +140,7 @@ class ProcessesEngine(Engine):
 
     def _spawn(self) -> _Worker:
         ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(
+        process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(theirs, os.getpid()), name="madhatter-worker", daemon=True
         )
         with warnings.catch_warnings():
@@ -214,7 +214,7 @@ class ProcessesEngine(Engine):
         pending = worker.current
         assert pending is not None
         try:
-            key, ok, value, started, seconds = loads(worker.conn.recv_bytes())
+            _key, ok, value, started, seconds = loads(worker.conn.recv_bytes())
         except (EOFError, OSError):
             return  # died while answering: _replace reports it
         worker.current = None
@@ -277,4 +277,3 @@ class ProcessesEngine(Engine):
                 worker.process.join()
             worker.conn.close()
         self._workers = []
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
 from ._base import Engine, Task, TaskResult, TaskTimedOut
 
@@ -42,14 +42,15 @@ class ThreadsEngine(Engine):
 
         def copy(done: Future[TaskResult]) -> None:
             timer.cancel()
-            if outer.done():
-                return
-            if done.cancelled():
-                outer.cancel()
-            elif done.exception() is not None:
-                outer.set_exception(done.exception())
-            else:
-                outer.set_result(done.result())
+            try:
+                if done.cancelled():
+                    outer.cancel()
+                elif done.exception() is not None:
+                    outer.set_exception(done.exception())
+                else:
+                    outer.set_result(done.result())
+            except InvalidStateError:  # the timer failed it first
+                pass
 
         inner.add_done_callback(copy)
         timer.start()
@@ -68,5 +69,5 @@ def _run(task: Task) -> TaskResult:
 def _expire(future: Future[TaskResult], timeout: float) -> None:
     try:
         future.set_exception(TaskTimedOut(timeout))
-    except Exception:  # already resolved: the task finished just in time
+    except InvalidStateError:  # already resolved: the task finished just in time
         pass

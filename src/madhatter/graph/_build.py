@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
@@ -70,7 +71,7 @@ def build_graph(
     for fn in listed:
         add(fn)
     if chain:
-        for before, after in zip(listed, listed[1:]):
+        for before, after in itertools.pairwise(listed):
             upstreams[_step_name(after, specs_of(after))] = (before,)
         upstreams[_step_name(listed[0], specs_of(listed[0]))] = ()
 
@@ -78,7 +79,7 @@ def build_graph(
     pending = list(by_name)
     while pending:
         name = pending.pop()
-        names = []
+        names: list[str] = []
         for upstream in upstreams[name]:
             if isinstance(upstream, str):
                 names.append(upstream)
@@ -90,8 +91,8 @@ def build_graph(
                 names.append(upstream_name)
         resolved[name] = tuple(names)
 
-    for name, names in resolved.items():
-        for upstream_name in names:
+    for name, upstream_names in resolved.items():
+        for upstream_name in upstream_names:
             if upstream_name not in by_name:
                 raise PipelineDefinitionError(
                     f"step {name!r} depends on {upstream_name!r}, but there is no step of that name "

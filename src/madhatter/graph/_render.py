@@ -12,19 +12,21 @@ the internal kind (``"map"``), so what is shown can be found in the source.
   go into quoted labels, with Mermaid's ``#code;`` entities for the characters it would parse.
 * **SVG** is laid out here, so it needs no graphviz binary, fonts, scripts or stylesheet (a
   ``<style>`` would leak into the page embedding it; everything is a presentation attribute). The
-  layout is layered, as in Sugiyama's method but without its dummy nodes: a step's layer is the
-  longest path to it from a source, and layers are columns left to right. Within a column, steps
-  are sorted by the mean height of their upstreams (one barycenter sweep, ties kept in
-  topological order), which removes most crossings in the small graphs pipelines have. Columns are
-  as wide as their widest label (monospace, so the width is known without measuring fonts) and
-  are centred vertically. Edges are cubic curves from the right side of a box to the left side of
-  the next; when a box has several edges on a side, their ends are spread down that side in the
-  order of the boxes at their other ends, so they neither overlap nor cross at the box.
+  layout is layered, after Sugiyama: a step's layer is the longest path to it from a source, and
+  layers are columns, left to right. An edge that spans several columns gets a *crossing* in each
+  column it passes, a thin slot ordered like a step, so it runs between the boxes, not through
+  them. Each column is sorted by the mean height of its nodes' neighbours in the column before
+  (one barycenter sweep, ties in topological order), which removes most crossings in the small
+  graphs pipelines have. Columns are as wide as their widest label (monospace, so widths are known
+  without measuring fonts) and centred vertically. Edges are cubic curves between columns and
+  straight through crossings; where a box has several edges on one side, their ends are spread
+  down that side in the order of their other ends, so they neither overlap nor cross there.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import zlib
 from collections.abc import Callable
 from statistics import fmean
@@ -46,27 +48,26 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def _options(step: Step) -> list[str]:
+    """The decorator options of ``step`` that differ from their defaults, as keyword arguments."""
+    options = {
+        "n": step.n,
+        "chunk_by": step.chunk_by,
+        "retries": step.retries or None,
+        "retry_delay": step.retry_delay or None,
+        "timeout": step.timeout,
+        "on_error": None if step.on_error == "raise" else step.on_error,
+        "ordered": None if step.ordered else False,
+        "stream": step.stream or None,
+        "engine": step.engine,
+    }
+    return [f"{key}={value!r}" for key, value in options.items() if value is not None]
+
+
 def _decorator(step: Step) -> str:
-    """The decorator call that makes ``step``, with the options that differ from the defaults."""
-    options = [f"n={step.n}"] if step.n is not None else []
-    if step.chunk_by is not None:
-        options.append(f"chunk_by={step.chunk_by}")
-    if step.retries:
-        options.append(f"retries={step.retries}")
-    if step.retry_delay:
-        options.append(f"retry_delay={step.retry_delay:g}")
-    if step.timeout is not None:
-        options.append(f"timeout={step.timeout:g}")
-    if step.on_error != "raise":
-        options.append(f"on_error={step.on_error!r}")
-    if not step.ordered:
-        options.append("ordered=False")
-    if step.stream:
-        options.append("stream=True")
-    if step.engine is not None:
-        options.append(f"engine={step.engine!r}")
-    decorator = _DECORATORS[step.kind]
-    return f"{decorator}({', '.join(options)})" if options else decorator
+    """The decorator call that makes ``step``, e.g. ``@parallel.map(n=4)``."""
+    options = _options(step)
+    return f"{_DECORATORS[step.kind]}({', '.join(options)})" if options else _DECORATORS[step.kind]
 
 
 def render_text(graph: Graph, *, plan: Plan | None = None) -> str:
@@ -93,9 +94,7 @@ def render_text(graph: Graph, *, plan: Plan | None = None) -> str:
     for group in groups:
         for i, name in enumerate(group):
             step = graph[name]
-            mark = (
-                " " if len(group) == 1 else "┌" if i == 0 else "└" if i == len(group) - 1 else "│"
-            )
+            mark = " " if len(group) == 1 else "┌" if i == 0 else "└" if i == len(group) - 1 else "│"
             notes = [f"params: {', '.join(step.param_names)}"] if step.param_names else []
             if name == graph.output:
                 notes.append("(output)")
@@ -110,8 +109,7 @@ def render_text(graph: Graph, *, plan: Plan | None = None) -> str:
     if fused:
         lines.append("")
         lines.extend(
-            f"fused: {' -> '.join(map(_printable, group))} run as one task per chunk"
-            for group in fused
+            f"fused: {' -> '.join(map(_printable, group))} (one task per chunk)" for group in fused
         )
     return "\n".join(lines)
 
@@ -177,7 +175,7 @@ def render_mermaid(graph: Graph) -> str:
 
 # SVG geometry, in pixels. Monospace glyphs are 0.6em wide (DejaVu Sans Mono: 0.602em).
 _NAME_PX, _KIND_PX = 13, 11
-_BOX_H, _BOX_PAD, _GAP_X, _GAP_Y, _MARGIN = 46, 12, 56, 18, 16
+_BOX_H, _LINE_H, _LANE_H, _BOX_PAD, _GAP_X, _GAP_Y, _MARGIN = 46, 13, 12, 12, 56, 18, 16
 _MAX_CHARS = 36  # longer labels are cut with an ellipsis; the full text is in the box's <title>
 _FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
 _COLOURS: dict[str, tuple[str, str]] = {  # kind -> (fill, stroke)
@@ -187,6 +185,7 @@ _COLOURS: dict[str, tuple[str, str]] = {  # kind -> (fill, stroke)
     "filter": ("#fbe6ea", "#b8475d"),
     "whole": ("#e3f4e6", "#3b8a4c"),
 }
+_Node = str | tuple[int, int]  # a step's name, or (edge index, column) where an edge crosses one
 
 
 def _fit(text: str) -> str:
@@ -194,51 +193,75 @@ def _fit(text: str) -> str:
     return text if len(text) <= _MAX_CHARS else text[: _MAX_CHARS - 1] + "…"
 
 
-def _columns(graph: Graph) -> list[list[str]]:
-    """Steps by layer (longest path from a source), each column sorted by upstream barycenter."""
+def _columns(graph: Graph, edges: list[tuple[str, str]]) -> list[list[_Node]]:
+    """Steps and edge crossings by layer (longest path from a source), in barycenter order."""
     layer: dict[str, int] = {}
     for step in graph:
         layer[step.name] = 1 + max((layer[up] for up in step.upstreams), default=-1)
-    columns: list[list[str]] = [[] for _ in range(max(layer.values()) + 1)]
+    columns: list[list[_Node]] = [[] for _ in range(max(layer.values()) + 1)]
+    left_of: dict[_Node, list[_Node]] = {}  # a node's neighbours in the column to its left
     for name in graph.steps:
         columns[layer[name]].append(name)
-    height: dict[str, float] = {}  # row in the column, measured from the column's centre
-    for column in columns:
+        left_of[name] = []
+    for i, (up, down) in enumerate(edges):
+        left: _Node = up
+        for column in range(layer[up] + 1, layer[down]):
+            columns[column].append((i, column))
+            left_of[i, column], left = [left], (i, column)
+        left_of[down].append(left)
+    height: dict[_Node, float] = {}  # place in the column, counted from the column's centre
+    for nodes in columns:
         if height:
-            column.sort(key=lambda name: fmean(height[up] for up in graph[name].upstreams))
-        height.update((name, i - (len(column) - 1) / 2) for i, name in enumerate(column))
+            nodes.sort(key=lambda node: fmean(height[left] for left in left_of[node]))
+        height.update((node, i - (len(nodes) - 1) / 2) for i, node in enumerate(nodes))
     return columns
 
 
 def render_svg(graph: Graph) -> str:
     """A self-contained SVG drawing of the graph, laid out by this module (see its docstring)."""
-    columns = _columns(graph)
-    labels = {step.name: (_fit(step.name), _fit(_decorator(step))) for step in graph}
-    tallest = max(len(column) for column in columns)
-    height = 2 * _MARGIN + tallest * _BOX_H + (tallest - 1) * _GAP_Y
-    boxes: dict[str, tuple[float, float, float]] = {}  # name -> (x, y, width)
+    edges = [(up, step.name) for step in graph for up in step.upstreams]
+    columns = _columns(graph, edges)
+    labels = {
+        step.name: (_fit(step.name), _DECORATORS[step.kind], _fit(", ".join(_options(step))))
+        for step in graph
+    }
+    box_h = _BOX_H + (_LINE_H if any(label[2] for label in labels.values()) else 0)
+
+    def size(node: _Node) -> float:
+        return box_h if isinstance(node, str) else _LANE_H
+
+    tall = [sum(map(size, nodes)) + _GAP_Y * (len(nodes) - 1) for nodes in columns]
+    height = 2 * _MARGIN + max(tall)
+    place: dict[_Node, tuple[float, float, float]] = {}  # node -> (x, y of its top, width)
+    via: dict[int, list[_Node]] = {i: [] for i in range(len(edges))}  # edge -> its crossings
     x: float = _MARGIN
-    for column in columns:
-        chars = [(len(labels[n][0]) * _NAME_PX, len(labels[n][1]) * _KIND_PX) for n in column]
-        width = 0.6 * max(max(pair) for pair in chars) + 2 * _BOX_PAD
-        top = (height - len(column) * _BOX_H - (len(column) - 1) * _GAP_Y) / 2
-        for i, name in enumerate(column):
-            boxes[name] = (x, top + i * (_BOX_H + _GAP_Y), width)
+    for nodes, column_height in zip(columns, tall, strict=True):
+        texts = [labels[node] for node in nodes if isinstance(node, str)]
+        chars = max(max(len(a) * _NAME_PX, len(b) * _KIND_PX, len(c) * _KIND_PX) for a, b, c in texts)
+        width, y = 0.6 * chars + 2 * _BOX_PAD, (height - column_height) / 2
+        for node in nodes:
+            place[node] = (x, y, width)
+            y += size(node) + _GAP_Y
+            if isinstance(node, tuple):
+                via[node[0]].append(node)
         x += width + _GAP_X
     total_width = x - _GAP_X + _MARGIN
 
-    edges = [(up, step.name) for step in graph for up in step.upstreams]
-    ends: dict[tuple[int, int], float] = {}  # (edge index, 0 at the start / 1 at the end) -> y
+    def middle(node: _Node) -> float:
+        return place[node][1] + size(node) / 2
+
+    ends: dict[tuple[int, int], float] = {}  # (edge, 0 at its start / 1 at its end) -> y
     for side in (0, 1):
-        for name, (_, y, _) in boxes.items():
+        for name in graph.steps:
             mine = [i for i, edge in enumerate(edges) if edge[side] == name]
-            mine.sort(key=lambda i: boxes[edges[i][1 - side]][1])
+            # sort by the height of the next node along the edge, away from this box
+            mine.sort(key=lambda i: middle([edges[i][0], *via[i], edges[i][1]][(1, -2)[side]]))
             for k, i in enumerate(mine):
-                ends[i, side] = y + _BOX_H * (k + 1) / (len(mine) + 1)
+                ends[i, side] = place[name][1] + box_h * (k + 1) / (len(mine) + 1)
 
     key = "\0".join([*graph.steps, graph.output]).encode("utf-8", "backslashreplace")
     uid = f"mh{zlib.crc32(key):08x}"  # ids unique per graph, so several SVGs can share a page
-    title = f"Pipeline of {len(boxes)} steps: {', '.join(graph.steps)}; output {graph.output}"
+    title = f"Pipeline of {len(graph.steps)} steps: {', '.join(graph.steps)}; output {graph.output}"
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {total_width:.0f} {height:.0f}" role="img" aria-labelledby="{uid}-title" '
@@ -249,31 +272,41 @@ def render_svg(graph: Graph) -> str:
         '<path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
     ]
     for i, (up, down) in enumerate(edges):
-        x1, x2 = boxes[up][0] + boxes[up][2], boxes[down][0]
-        y1, y2, bend = ends[i, 0], ends[i, 1], (x2 - x1) / 2
+        points = [(place[up][0] + place[up][2], ends[i, 0])]
+        for node in via[i]:  # straight through each column it crosses, curved between columns
+            points += [(place[node][0], middle(node)), (sum(place[node][::2]), middle(node))]
+        points.append((place[down][0], ends[i, 1]))
+        path = f"M{points[0][0]:.1f},{points[0][1]:.1f}"
+        for j, ((x1, y1), (x2, y2)) in enumerate(itertools.pairwise(points)):
+            bend = (x2 - x1) / 2
+            curve = f"C{x1 + bend:.1f},{y1:.1f} {x2 - bend:.1f},{y2:.1f} "
+            path += f" {'L' if j % 2 else curve}{x2:.1f},{y2:.1f}"
         out.append(
-            f'<path class="mh-edge" d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} '
-            f'{x2 - bend:.1f},{y2:.1f} {x2:.1f},{y2:.1f}" fill="none" stroke="#555" '
-            f'stroke-width="1.4" marker-end="url(#{uid}-arrow)"/>'
+            f'<path class="mh-edge" d="{path}" fill="none" stroke="#555" stroke-width="1.4" '
+            f'marker-end="url(#{uid}-arrow)"/>'
         )
     for step in graph:
-        bx, by, width = boxes[step.name]
+        bx, by, width = place[step.name]
         fill, stroke = _COLOURS[step.kind]
-        name, kind = (html.escape(text) for text in labels[step.name])
-        centre = bx + width / 2
         is_output = step.name == graph.output
         full = f"{_printable(step.name)}: {_decorator(step)}" + (" (output)" if is_output else "")
         out += [
-            f'<g data-step="{html.escape(_printable(step.name))}">'
-            f"<title>{html.escape(full)}</title>",
+            f'<g data-step="{html.escape(_printable(step.name))}"><title>{html.escape(full)}</title>',
             f'<rect class="mh-step" x="{bx:.1f}" y="{by:.1f}" width="{width:.1f}" '
-            f'height="{_BOX_H}" rx="6" fill="{fill}" stroke="{stroke}" '
+            f'height="{box_h}" rx="6" fill="{fill}" stroke="{stroke}" '
             f'stroke-width="{2.6 if is_output else 1.2}"/>',
-            f'<text x="{centre:.1f}" y="{by + 19:.1f}" text-anchor="middle" font-size="{_NAME_PX}" '
-            f'font-weight="bold" fill="#1a1a1a">{name}</text>',
-            f'<text x="{centre:.1f}" y="{by + 36:.1f}" text-anchor="middle" font-size="{_KIND_PX}" '
-            f'fill="#444">{kind}</text></g>',
         ]
+        lines = zip(labels[step.name], (19, 35, 49), (_NAME_PX, _KIND_PX, _KIND_PX), strict=True)
+        for j, (text, dy, px) in enumerate(lines):
+            if not text:
+                continue
+            weight, colour = ("bold", "#1a1a1a") if j == 0 else ("normal", "#444" if j == 1 else "#777")
+            out.append(
+                f'<text x="{bx + width / 2:.1f}" y="{by + dy:.1f}" text-anchor="middle" '
+                f'font-size="{px}" font-weight="{weight}" fill="{colour}">'
+                f"{html.escape(text)}</text>"
+            )
+        out.append("</g>")
     out.append("</svg>")
     return "\n".join(out)
 
@@ -294,7 +327,5 @@ def render(graph: Graph, fmt: str) -> str:
     """
     renderer = RENDERERS.get(fmt)
     if renderer is None:
-        raise ValueError(
-            f"unknown graph format {fmt!r}; choose one of: {', '.join(sorted(RENDERERS))}"
-        )
+        raise ValueError(f"unknown graph format {fmt!r}; choose one of: {', '.join(sorted(RENDERERS))}")
     return renderer(graph)

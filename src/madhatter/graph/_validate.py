@@ -118,8 +118,8 @@ def step_param_names(step: Step, signature: inspect.Signature) -> tuple[str, ...
             if step.setup is not None:
                 continue  # filled in by the step's setup
             raise PipelineDefinitionError(
-                f"parameter {parameter.name!r} of step {step.name!r} has no default: give it one to "
-                f"make it a run parameter, or supply it from the step's setup="
+                f"parameter {parameter.name!r} of step {step.name!r} has no default: give it one "
+                f"to make it a run parameter, or supply it from the step's setup="
             )
         if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
             raise PipelineDefinitionError(

@@ -47,4 +47,3 @@ def available_engines() -> list[str]:
             continue
         names.append(name)
     return names
-

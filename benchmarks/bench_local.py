@@ -1,0 +1,838 @@
+"""Local benchmark: madhatter against the serial loop and the usual process/thread pools.
+
+Run ``python benchmarks/bench_local.py`` (full, < 3 minutes on 2 cores) or add ``--quick`` (CI
+smoke, < 60 s), ``--only W1,W3`` and ``--json results.json``. See ``benchmarks/README.md``.
+
+Method:
+
+* **One process run, contestants side by side.** Every contestant of a workload runs the same
+  module-level step functions (the madhatter decorators return the function itself, so the peers
+  call exactly what madhatter ships). Each contestant first runs once on a small input (warm-up:
+  imports, caches, first fork), then the contestants take turns, round-robin, for ``repeats``
+  rounds, so drift in machine load hits all of them alike. The figure is the **best** of the
+  repeats (as ``timeit`` does: the least disturbed run); the median is printed next to it.
+* **Pool start-up is inside the timed region** for every contestant, as a user experiences it:
+  pools are created (and shut down) inside the timed call, and joblib's reusable loky executor is
+  shut down after each call (outside the timer), so the next call pays for its start-up too.
+  madhatter starts its engine inside ``madhatter.run`` anyway.
+* **Pure-Python work.** The CPU workloads spin a pure-Python loop whose length is calibrated at
+  start so that one item takes the intended time (50 ms for W1, 10 us per step for W3). The
+  calibration reaches spawned workers (loky) through an environment variable. No NumPy/BLAS is
+  involved, so the usual ``OPENBLAS_NUM_THREADS`` oversubscription caveat is irrelevant here.
+* **Results are checked**: every contestant's output must equal the serial loop's.
+* **W5 memory** is the peak PSS summed over the contestant's whole process tree (the process and
+  every descendant, from ``/proc/PID/smaps_rollup``), sampled every 20 ms by a thread of this
+  (parent) process, while the contestant runs alone in a fresh subprocess
+  (``--w5-child NAME N``); the child reports its own run time. PSS splits shared pages between the
+  processes sharing them, so forked workers are not double-counted.
+
+Workloads and targets (from the issue; peers' reference figures on this machine class in brackets):
+
+* W1 heavy CPU, 64 items x 50 ms: speed-up over serial >= 1.92x [Pool ~1.91x].
+* W2 tiny items, 1,000,000 x ``x*2+1``: items/s >= best peer [~4.9M/s] and >= 90 % of the serial
+  loop [~14.6M/s].
+* W3 map -> filter -> map, 200,000 items x 10 us per step: speed-up >= 1.8x.
+* W4 I/O, 1,000 x ``sleep(0.01)`` on 64 threads: within 15 % of the ideal 16 x 10 ms = 0.16 s.
+* W5 streaming, a generator of 1M and 5M ints through two maps to a streamed sum: time within 10 %
+  of the serial loop; peak PSS < 100 MB and flat (5M peak <= 1.1 x the 1M peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import functools
+import gc
+import json
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+import joblib
+from joblib.externals.loky import get_reusable_executor
+from mpire import WorkerPool
+
+import madhatter
+from madhatter import Pipeline, depends, parallel, postprocess, preprocess
+
+WORKERS = 2
+"""Worker processes for every process-based contestant (the machine class has 2 cores)."""
+
+W1_ITEM_SECONDS = 0.05
+W3_STEP_SECONDS = 10e-6
+W4_SLEEP_SECONDS = 0.01
+W4_THREADS = 64
+W5_SIZES = (1_000_000, 5_000_000)
+W5_QUICK_SIZES = (200_000, 1_000_000)
+W5_CHUNKSIZE = 10_000
+"""Chunk length for the peers in W5 (input length unknown: a generator)."""
+
+PSS_SAMPLE_SECONDS = 0.02
+CALIBRATION_ENV = "MADHATTER_BENCH_LOOPS_PER_SECOND"
+
+Metric = Literal["speed-up", "items/s", "seconds"]
+
+
+# -- calibrated pure-Python work -----------------------------------------------------------------
+
+
+def spin(x: int, loops: int) -> int:
+    """Pure-Python busy work: ``loops`` rounds of integer arithmetic, seeded by ``x``."""
+    acc = x
+    for i in range(loops):
+        acc = (acc * 31 + i) & 0xFFFFFF
+    return acc
+
+
+def calibrate() -> float:
+    """Rounds of :func:`spin` per second on this machine (best of 5 short runs)."""
+    loops = 200_000
+    spin(0, loops)
+    best = min(_timed(functools.partial(spin, 0, loops)) for _ in range(5))
+    return loops / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+_LOOPS_PER_SECOND = float(os.environ.get(CALIBRATION_ENV, "0"))
+W1_LOOPS = round(W1_ITEM_SECONDS * _LOOPS_PER_SECOND)
+W3_LOOPS = round(W3_STEP_SECONDS * _LOOPS_PER_SECOND)
+
+
+def set_calibration(loops_per_second: float) -> None:
+    """Fix the loop counts here, for forked workers, and in the environment, for spawned ones."""
+    global _LOOPS_PER_SECOND, W1_LOOPS, W3_LOOPS
+    _LOOPS_PER_SECOND = loops_per_second
+    W1_LOOPS = round(W1_ITEM_SECONDS * loops_per_second)
+    W3_LOOPS = round(W3_STEP_SECONDS * loops_per_second)
+    os.environ[CALIBRATION_ENV] = repr(loops_per_second)
+
+
+# -- the steps (madhatter pipelines; the peers call the same functions) ---------------------------
+
+
+@preprocess
+def w1_source(n: int = 64) -> range:
+    return range(n)
+
+
+@depends(w1_source)
+@parallel.map
+def w1_heavy(x: int) -> int:
+    return spin(x, W1_LOOPS)
+
+
+@preprocess
+def w2_source(n: int = 1_000_000) -> range:
+    return range(n)
+
+
+@depends(w2_source)
+@parallel.map
+def w2_double(x: int) -> int:
+    return x * 2 + 1
+
+
+@preprocess
+def w3_source(n: int = 200_000) -> range:
+    return range(n)
+
+
+@depends(w3_source)
+@parallel.map
+def w3_first(x: int) -> int:
+    return spin(x, W3_LOOPS)
+
+
+@depends(w3_first)
+@parallel.filter
+def w3_keep(x: int) -> bool:
+    return spin(x, W3_LOOPS) % 2 == 0
+
+
+@depends(w3_keep)
+@parallel.map
+def w3_last(x: int) -> int:
+    return spin(x, W3_LOOPS)
+
+
+@preprocess
+def w4_source(n: int = 1000) -> range:
+    return range(n)
+
+
+@depends(w4_source)
+@parallel.map
+def w4_wait(x: int) -> int:
+    time.sleep(W4_SLEEP_SECONDS)
+    return x
+
+
+@preprocess
+def w5_source(n: int = 5_000_000) -> Iterator[int]:
+    yield from range(n)
+
+
+@depends(w5_source)
+@parallel.map
+def w5_triple(x: int) -> int:
+    return x * 3
+
+
+@depends(w5_triple)
+@parallel.map
+def w5_increment(x: int) -> int:
+    return x + 1
+
+
+@depends(w5_increment)
+@postprocess(stream=True)
+def w5_total(values: Iterator[int]) -> int:
+    return sum(values)
+
+
+W1_PIPELINE = Pipeline([w1_source, w1_heavy])
+W2_PIPELINE = Pipeline([w2_source, w2_double])
+W3_PIPELINE = Pipeline([w3_source, w3_first, w3_keep, w3_last])
+W4_PIPELINE = Pipeline([w4_source, w4_wait])
+W5_PIPELINE = Pipeline([w5_source, w5_triple, w5_increment, w5_total])
+
+Kind = Literal["map", "filter"]
+Chain = Sequence[tuple[Kind, Callable[[Any], Any]]]
+W1_CHAIN: Chain = [("map", w1_heavy)]
+W2_CHAIN: Chain = [("map", w2_double)]
+W3_CHAIN: Chain = [("map", w3_first), ("filter", w3_keep), ("map", w3_last)]
+W4_CHAIN: Chain = [("map", w4_wait)]
+W5_CHAIN: Chain = [("map", w5_triple), ("map", w5_increment)]
+
+
+# -- the contestants: one way per library to push items through a chain of map/filter steps ------
+
+
+def keep_pair(predicate: Callable[[Any], bool], item: Any) -> tuple[Any, bool]:
+    """A filter step for pools that only map: the item and whether to keep it."""
+    return item, bool(predicate(item))
+
+
+def _kept(pairs: Iterable[tuple[Any, bool]]) -> Iterator[Any]:
+    return (item for item, keep in pairs if keep)
+
+
+def serial_chain(chain: Chain, items: Iterable[Any]) -> Iterator[Any] | list[Any]:
+    """The plain loop: a list comprehension for one map, chained generators otherwise."""
+    if len(chain) == 1 and chain[0][0] == "map":
+        fn = chain[0][1]
+        return [fn(x) for x in items]
+    stream: Iterable[Any] = items
+    for kind, fn in chain:
+        if kind == "map":
+            stream = (fn(x) for x in stream)
+        else:
+            stream = (x for x in stream if fn(x))
+    return iter(stream)
+
+
+def pool_chain(
+    pool: multiprocessing.pool.Pool, chain: Chain, items: Iterable[Any], chunksize: int
+) -> Iterator[Any]:
+    """Chained ``Pool.imap`` calls: each stage's lazy output is the next stage's input."""
+    stream: Iterable[Any] = items
+    for kind, fn in chain:
+        if kind == "map":
+            stream = pool.imap(fn, stream, chunksize)
+        else:
+            stream = _kept(pool.imap(functools.partial(keep_pair, fn), stream, chunksize))
+    return iter(stream)
+
+
+def executor_chain(
+    executor: concurrent.futures.Executor, chain: Chain, items: Iterable[Any], chunksize: int
+) -> Iterator[Any]:
+    """Chained ``Executor.map`` calls (each submits its whole input at once: a barrier)."""
+    stream: Iterable[Any] = items
+    for kind, fn in chain:
+        if kind == "map":
+            stream = executor.map(fn, stream, chunksize=chunksize)
+        else:
+            pairs = executor.map(functools.partial(keep_pair, fn), stream, chunksize=chunksize)
+            stream = _kept(pairs)
+    return iter(stream)
+
+
+def joblib_chain(
+    chain: Chain, items: Iterable[Any], *, backend: str, n_jobs: int, lazy: bool = False
+) -> Iterator[Any]:
+    """One ``joblib.Parallel`` call per stage (``lazy``: chained ``return_as="generator"``)."""
+    stream: Iterable[Any] = items
+    return_as = "generator" if lazy else "list"
+    for kind, fn in chain:
+        run = joblib.Parallel(n_jobs=n_jobs, backend=backend, batch_size="auto", return_as=return_as)
+        if kind == "map":
+            stream = run(joblib.delayed(fn)(x) for x in stream)
+        else:
+            stream = _kept(run(joblib.delayed(keep_pair)(fn, x) for x in stream))
+    return iter(stream)
+
+
+def mpire_chain(
+    pool: WorkerPool, chain: Chain, items: Iterable[Any], *, lazy: bool = False
+) -> Iterator[Any]:
+    """``WorkerPool.map`` per stage (``lazy``: chained ``imap`` with a fixed chunk size)."""
+    stream: Iterable[Any] = items
+    for kind, fn in chain:
+        step = fn if kind == "map" else functools.partial(keep_pair, fn)
+        if lazy:
+            out: Iterable[Any] = pool.imap(step, stream, chunk_size=W5_CHUNKSIZE)
+        else:
+            out = pool.map(step, stream)
+        stream = out if kind == "map" else _kept(out)
+    return iter(stream)
+
+
+def shutdown_loky() -> None:
+    """Stop joblib's reusable executor, so the next joblib call pays for its start-up."""
+    get_reusable_executor().shutdown(wait=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Contestant:
+    """One way to run a workload.
+
+    Attributes:
+        name: as printed.
+        run: takes the input size, returns the result (a list, or W5's sum).
+        after: called after each timed call, outside the timer (e.g. stop a reusable pool).
+        sample: run on this many items only and scale the time linearly (the 10 s serial W4).
+        peer: False for the references (serial loop) and madhatter itself.
+    """
+
+    name: str
+    run: Callable[[int], Any]
+    after: Callable[[], None] | None = None
+    sample: int | None = None
+    peer: bool = True
+
+
+def process_contestants(
+    chain: Chain, pipeline: Pipeline, chunksize: Callable[[int], int]
+) -> list[Contestant]:
+    """Serial, the process pools and madhatter (``processes`` engine) on one chain of steps."""
+
+    def serial(n: int) -> list[Any]:
+        return list(serial_chain(chain, range(n)))
+
+    def pool(n: int) -> list[Any]:
+        with multiprocessing.Pool(WORKERS) as p:
+            return list(pool_chain(p, chain, range(n), chunksize(n)))
+
+    def executor(n: int) -> list[Any]:
+        with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
+            return list(executor_chain(ex, chain, range(n), chunksize(n)))
+
+    def loky(n: int) -> list[Any]:
+        return list(joblib_chain(chain, range(n), backend="loky", n_jobs=WORKERS))
+
+    def mpire(n: int) -> list[Any]:
+        with WorkerPool(n_jobs=WORKERS) as p:
+            return list(mpire_chain(p, chain, range(n)))
+
+    def mad(n: int) -> list[Any]:
+        result: list[Any] = madhatter.run(
+            pipeline, engine="processes", workers=WORKERS, params={"n": n}
+        )
+        return result
+
+    return [
+        Contestant("serial loop", serial, peer=False),
+        Contestant("Pool.imap", pool),
+        Contestant("ProcessPoolExecutor.map", executor),
+        Contestant("joblib loky", loky, after=shutdown_loky),
+        Contestant("mpire map", mpire),
+        Contestant("madhatter processes", mad, peer=False),
+    ]
+
+
+def w4_contestants() -> list[Contestant]:
+    """W4: the serial loop (timed on 100 items, scaled), thread pools and madhatter threads."""
+
+    def serial(n: int) -> list[Any]:
+        return list(serial_chain(W4_CHAIN, range(n)))
+
+    def executor(n: int) -> list[Any]:
+        with concurrent.futures.ThreadPoolExecutor(W4_THREADS) as ex:
+            return list(executor_chain(ex, W4_CHAIN, range(n), 1))
+
+    def threading_backend(n: int) -> list[Any]:
+        return list(joblib_chain(W4_CHAIN, range(n), backend="threading", n_jobs=W4_THREADS))
+
+    def mpire(n: int) -> list[Any]:
+        with WorkerPool(n_jobs=W4_THREADS, start_method="threading", use_dill=False) as p:
+            return list(mpire_chain(p, W4_CHAIN, range(n)))
+
+    def mad(n: int) -> list[Any]:
+        result: list[Any] = madhatter.run(
+            W4_PIPELINE, engine="threads", workers=W4_THREADS, params={"n": n}
+        )
+        return result
+
+    return [
+        Contestant("serial loop", serial, sample=100, peer=False),
+        Contestant("ThreadPoolExecutor.map", executor),
+        Contestant("joblib threading", threading_backend),
+        Contestant("mpire threading", mpire),
+        Contestant("madhatter threads", mad, peer=False),
+    ]
+
+
+def w5_run(name: str, n: int) -> int:
+    """W5 contestant ``name`` on a generator of ``n`` ints; returns the sum."""
+    if name == "serial loop":
+        return sum(serial_chain(W5_CHAIN, w5_source(n)))
+    if name == "Pool.imap":
+        with multiprocessing.Pool(WORKERS) as p:
+            return sum(pool_chain(p, W5_CHAIN, w5_source(n), W5_CHUNKSIZE))
+    if name == "ProcessPoolExecutor.map":
+        with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
+            return sum(executor_chain(ex, W5_CHAIN, w5_source(n), W5_CHUNKSIZE))
+    if name == "joblib loky":
+        return sum(joblib_chain(W5_CHAIN, w5_source(n), backend="loky", n_jobs=WORKERS, lazy=True))
+    if name == "mpire imap":
+        with WorkerPool(n_jobs=WORKERS) as p:
+            return sum(mpire_chain(p, W5_CHAIN, w5_source(n), lazy=True))
+    if name == "madhatter processes":
+        total: int = madhatter.run(W5_PIPELINE, engine="processes", workers=WORKERS, params={"n": n})
+        return total
+    if name == "baseline (imports only)":
+        return 0
+    raise SystemExit(f"unknown W5 contestant {name!r}")
+
+
+W5_CONTESTANTS = (
+    "serial loop",
+    "Pool.imap",
+    "ProcessPoolExecutor.map",
+    "joblib loky",
+    "mpire imap",
+    "madhatter processes",
+)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timing:
+    """The timed runs of one contestant on one workload."""
+
+    name: str
+    peer: bool
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def _call(contestant: Contestant, n: int) -> tuple[float, Any]:
+    size = min(n, contestant.sample or n)
+    gc.collect()
+    started = time.perf_counter()
+    result = contestant.run(size)
+    seconds = time.perf_counter() - started
+    if contestant.after is not None:
+        contestant.after()
+    return seconds * n / size, result
+
+
+def measure(
+    contestants: Sequence[Contestant], n: int, *, repeats: int, warmup: int
+) -> list[Timing]:
+    """Warm every contestant up, then time them round-robin; check results against the first."""
+    for contestant in contestants:
+        _call(contestant, min(warmup, contestant.sample or warmup))
+    timings = [Timing(c.name, c.peer) for c in contestants]
+    expected: Any = None
+    for _ in range(repeats):
+        for contestant, timing in zip(contestants, timings):
+            seconds, result = _call(contestant, n)
+            timing.seconds.append(seconds)
+            if contestant.sample is not None and contestant.sample < n:
+                timing.note = f"timed on {contestant.sample} items, scaled"
+                continue
+            if expected is None:
+                expected = result
+            elif result != expected:
+                raise SystemExit(f"{contestant.name} returned a different result than serial")
+    return timings
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants, from ``/proc/PID/task/TID/children``."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as file:
+                    todo.extend(int(child) for child in file.read().split())
+            except OSError:
+                pass
+    return pids
+
+
+def pss_bytes(pid: int) -> int:
+    """The proportional set size of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as file:
+            for line in file:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class PeakPss:
+    """Samples the summed PSS of a process tree from a thread until stopped; keeps the peak."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, sum(pss_bytes(pid) for pid in tree_pids(self.root)))
+            if self._stop.wait(PSS_SAMPLE_SECONDS):
+                return
+
+
+def w5_child(name: str, n: int) -> None:
+    """``--w5-child``: run one W5 contestant and print its time and result as JSON."""
+    started = time.perf_counter()
+    result = w5_run(name, n)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "result": result}), flush=True)
+
+
+def w5_in_subprocess(name: str, n: int) -> tuple[float, int, int]:
+    """Run a W5 contestant in a fresh interpreter; return (seconds, peak PSS bytes, result)."""
+    command = [sys.executable, os.path.abspath(__file__), "--w5-child", name, str(n)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with PeakPss(process.pid) as sampler:
+        out, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"W5 child {name!r} n={n} failed with exit code {process.returncode}")
+    report = json.loads(out.strip().splitlines()[-1])
+    return report["seconds"], sampler.peak, report["result"]
+
+
+# -- workloads and reporting ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    size: int
+    quick_size: int
+    metric: Metric
+    contestants: Callable[[], list[Contestant]]
+
+
+def _pool_chunks(n: int) -> int:
+    """``Pool.imap``/``Executor.map`` chunksize for many cheap items: 8 chunks per worker."""
+    return max(1, n // (WORKERS * 8))
+
+
+WORKLOADS = {
+    "W1": Workload(
+        "W1",
+        "heavy CPU: items x 50 ms of pure Python",
+        64,
+        16,
+        "speed-up",
+        lambda: process_contestants(W1_CHAIN, W1_PIPELINE, lambda n: 1),
+    ),
+    "W2": Workload(
+        "W2",
+        "tiny items: x*2+1",
+        1_000_000,
+        200_000,
+        "items/s",
+        lambda: process_contestants(W2_CHAIN, W2_PIPELINE, _pool_chunks),
+    ),
+    "W3": Workload(
+        "W3",
+        "map -> filter -> map, 10 us per item per step",
+        200_000,
+        20_000,
+        "speed-up",
+        lambda: process_contestants(W3_CHAIN, W3_PIPELINE, _pool_chunks),
+    ),
+    "W4": Workload(
+        "W4",
+        f"I/O: sleep(0.01) per item on {W4_THREADS} threads",
+        1000,
+        1000,
+        "seconds",
+        w4_contestants,
+    ),
+}
+
+
+def figure(metric: Metric, n: int, seconds: float, serial: float) -> float:
+    if metric == "speed-up":
+        return serial / seconds
+    if metric == "items/s":
+        return n / seconds
+    return seconds
+
+
+def show(metric: Metric, value: float) -> str:
+    if metric == "speed-up":
+        return f"{value:.2f}x"
+    if metric == "items/s":
+        return f"{value / 1e6:.2f}M/s"
+    return f"{value:.3f} s"
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One row of the summary table."""
+
+    workload: str
+    madhatter: str
+    best_peer: str
+    ratio: str
+    target: str
+    met: bool
+
+
+def run_workload(
+    workload: Workload, *, quick: bool, repeats: int
+) -> tuple[dict[str, Any], Verdict]:
+    n = workload.quick_size if quick else workload.size
+    warmup = max(1, n // 50)
+    print(f"\n{workload.key} {workload.title}: n={n:,}, warm-up n={warmup:,}, best of {repeats}")
+    timings = measure(workload.contestants(), n, repeats=repeats, warmup=warmup)
+    serial = timings[0]
+    mad = timings[-1]
+    peers = [t for t in timings if t.peer]
+    best_peer = min(peers, key=lambda t: t.best)
+    print(f"  {'contestant':<26}{'best s':>10}{'median s':>10}{workload.metric:>12}")
+    rows = {}
+    for t in timings:
+        value = figure(workload.metric, n, t.best, serial.best)
+        rows[t.name] = {"seconds": t.seconds, "best": t.best, "figure": value, "note": t.note}
+        note = f"  ({t.note})" if t.note else ""
+        line = f"  {t.name:<26}{t.best:>10.3f}{t.median:>10.3f}{show(workload.metric, value):>12}"
+        print(line + note)
+    vs_peer, vs_serial = best_peer.best / mad.best, serial.best / mad.best
+    print(
+        f"  madhatter: {vs_peer:.2f}x the speed of the best peer ({best_peer.name}), "
+        f"{vs_serial:.2f}x the serial loop"
+    )
+    mad_figure = figure(workload.metric, n, mad.best, serial.best)
+    peer_figure = figure(workload.metric, n, best_peer.best, serial.best)
+    if workload.key == "W1":
+        target, met = ">= 1.92x", mad_figure >= 1.92
+    elif workload.key == "W2":
+        target = ">= best peer and >= 0.9 x serial"
+        met = mad.best <= best_peer.best and mad.best <= serial.best / 0.9
+    elif workload.key == "W3":
+        target, met = ">= 1.8x", mad_figure >= 1.8
+    else:
+        ideal = math.ceil(n / W4_THREADS) * W4_SLEEP_SECONDS
+        target, met = f"<= {1.15 * ideal:.3f} s (ideal {ideal:.2f} s + 15 %)", mad.best <= 1.15 * ideal
+    verdict = Verdict(
+        workload.key,
+        show(workload.metric, mad_figure),
+        f"{best_peer.name} {show(workload.metric, peer_figure)}",
+        f"{vs_peer:.2f}x",
+        target,
+        met,
+    )
+    return {"n": n, "metric": workload.metric, "contestants": rows}, verdict
+
+
+def run_w5(*, quick: bool, repeats: int) -> tuple[dict[str, Any], list[Verdict]]:
+    sizes = W5_QUICK_SIZES if quick else W5_SIZES
+    names = (*W5_CONTESTANTS, "baseline (imports only)")
+    print(
+        f"\nW5 streaming: generator -> two maps -> streamed sum, n={sizes[0]:,} and {sizes[-1]:,};"
+        f" each run in a fresh subprocess; time best of {repeats}, peak PSS max over runs"
+    )
+    seconds: dict[tuple[str, int], list[float]] = {}
+    peaks: dict[tuple[str, int], int] = {}
+    for n in sizes:
+        expected = None
+        for _ in range(repeats):
+            for name in names:
+                if name.startswith("baseline") and (name, n) in seconds:
+                    continue
+                took, peak, result = w5_in_subprocess(name, n)
+                seconds.setdefault((name, n), []).append(took)
+                peaks[name, n] = max(peaks.get((name, n), 0), peak)
+                if name.startswith("baseline"):
+                    continue
+                if expected is None:
+                    expected = result
+                elif result != expected:
+                    raise SystemExit(f"W5: {name} returned a different sum than serial")
+    head = "".join(f"{'s @' + _millions(n):>11}{'MB @' + _millions(n):>11}" for n in sizes)
+    print(f"  {'contestant':<26}{head}")
+    rows: dict[str, Any] = {}
+    for name in names:
+        cells = "".join(
+            f"{min(seconds[name, n]):>11.3f}{peaks[name, n] / 1e6:>11.1f}" for n in sizes
+        )
+        print(f"  {name:<26}{cells}")
+        rows[name] = {
+            _millions(n): {"seconds": seconds[name, n], "peak_pss_bytes": peaks[name, n]}
+            for n in sizes
+        }
+    big, small = sizes[-1], sizes[0]
+    mad, ser = "madhatter processes", "serial loop"
+    peers = [name for name in W5_CONTESTANTS if name not in (mad, ser)]
+    best_time = min(peers, key=lambda name: min(seconds[name, big]))
+    best_memory = min(peers, key=lambda name: peaks[name, big])
+    mad_time = {n: min(seconds[mad, n]) for n in sizes}
+    ser_time = {n: min(seconds[ser, n]) for n in sizes}
+    slowdown = max(mad_time[n] / ser_time[n] for n in sizes)
+    growth = peaks[mad, big] / peaks[mad, small]
+    print(
+        f"  madhatter: {max(mad_time[n] / ser_time[n] for n in sizes):.2f}x the serial loop's time"
+        f" (worst of both sizes); {min(seconds[best_time, big]) / mad_time[big]:.2f}x the speed of"
+        f" the best peer ({best_time}); peak {peaks[mad, big] / 1e6:.1f} MB at {_millions(big)}"
+        f" ({growth:.2f}x its peak at {_millions(small)})"
+    )
+    verdicts = [
+        Verdict(
+            f"W5 time {_millions(big)}",
+            f"{mad_time[big]:.3f} s",
+            f"{best_time} {min(seconds[best_time, big]):.3f} s",
+            f"{min(seconds[best_time, big]) / mad_time[big]:.2f}x",
+            f"<= 1.1 x serial ({ser_time[big]:.3f} s)",
+            slowdown <= 1.10,
+        ),
+        Verdict(
+            "W5 peak PSS",
+            f"{peaks[mad, big] / 1e6:.1f} MB",
+            f"{best_memory} {peaks[best_memory, big] / 1e6:.1f} MB",
+            f"{peaks[best_memory, big] / peaks[mad, big]:.2f}x",
+            f"< 100 MB, flat ({_millions(small)}->{_millions(big)}: {growth:.2f}x <= 1.1x)",
+            peaks[mad, big] < 100e6 and peaks[mad, small] < 100e6 and growth <= 1.10,
+        ),
+    ]
+    return {"sizes": list(sizes), "contestants": rows}, verdicts
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:g}M"
+
+
+def print_summary(verdicts: list[Verdict]) -> None:
+    headers = ("workload", "madhatter", "best peer", "vs peer", "target", "met")
+    cells = [
+        (v.workload, v.madhatter, v.best_peer, v.ratio, v.target, "yes" if v.met else "NO")
+        for v in verdicts
+    ]
+    widths = [max(len(row[i]) for row in [headers, *cells]) for i in range(len(headers))]
+    print("\nSummary (vs peer: madhatter's speed, or memory, relative to the best peer's)")
+    for row in [headers, *cells]:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat (< 60 s)")
+    parser.add_argument("--only", help="comma-separated workloads, e.g. W1,W3 (default: all)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--repeats", type=int, help="timed rounds per workload (default 3; 1 quick)")
+    parser.add_argument("--w5-child", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.w5_child:
+        w5_child(args.w5_child[0], int(args.w5_child[1]))
+        return 0
+
+    selected = [key.strip().upper() for key in (args.only or "W1,W2,W3,W4,W5").split(",")]
+    unknown = set(selected) - {*WORKLOADS, "W5"}
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    repeats = args.repeats or (1 if args.quick else 3)
+    started = time.perf_counter()
+    set_calibration(calibrate())
+    print(
+        f"madhatter {madhatter.__version__} | Python {platform.python_version()} | "
+        f"{os.cpu_count()} CPUs | {WORKERS} workers | mode: {'quick' if args.quick else 'full'}"
+    )
+    print(
+        f"calibration: {_LOOPS_PER_SECOND / 1e6:.1f}M spin rounds/s -> W1 {W1_LOOPS:,} rounds "
+        f"(~{W1_ITEM_SECONDS * 1e3:g} ms), W3 {W3_LOOPS} rounds (~{W3_STEP_SECONDS * 1e6:g} us)"
+    )
+    results: dict[str, Any] = {}
+    verdicts: list[Verdict] = []
+    for key in selected:
+        if key == "W5":
+            results[key], w5_verdicts = run_w5(quick=args.quick, repeats=min(repeats, 2))
+            verdicts.extend(w5_verdicts)
+        else:
+            results[key], verdict = run_workload(WORKLOADS[key], quick=args.quick, repeats=repeats)
+            verdicts.append(verdict)
+    print_summary(verdicts)
+    elapsed = time.perf_counter() - started
+    print(f"\ntotal {elapsed:.0f} s")
+    if args.json:
+        document = {
+            "madhatter": madhatter.__version__,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "workers": WORKERS,
+            "mode": "quick" if args.quick else "full",
+            "repeats": repeats,
+            "loops_per_second": _LOOPS_PER_SECOND,
+            "seconds": elapsed,
+            "workloads": results,
+            "summary": [dataclasses.asdict(v) for v in verdicts],
+        }
+        with open(args.json, "w") as file:
+            json.dump(document, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
