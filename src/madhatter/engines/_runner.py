@@ -201,9 +201,10 @@ class Scheduler:
         self._activate(stage)
         getters = self._inputs.pop(stage.name)
         step = stage.first
-        self.run.emit(StepStarted(self.run.run_id, step.name, None))
+        arguments = [getter() for getter in getters]  # waits for whole inputs; streams are lazy
+        total = sum(len(a) for a in arguments if isinstance(a, list)) if arguments else None
+        self.run.emit(StepStarted(self.run.run_id, step.name, total))
         clock = time.perf_counter()
-        arguments = [getter() for getter in getters]
         try:
             value = step.func(*arguments, **self._params_of(stage))
         except Exception as exc:
