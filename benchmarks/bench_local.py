@@ -19,6 +19,11 @@ Method:
   start so that one item takes the intended time (50 ms for W1, 10 us per step for W3). The
   calibration reaches spawned workers (loky) through an environment variable. No NumPy/BLAS is
   involved, so the usual ``OPENBLAS_NUM_THREADS`` oversubscription caveat is irrelevant here.
+* **The serial loop** is the comprehension a user would write (``[f(x) for x in range(n)]``).
+* **Time budget.** A peer more than ``PRUNE_FACTOR`` x slower than the fastest peer in round one
+  is not repeated; joblib and mpire on the tiny items of W2/W3 (20-100x slower than ``Pool.imap``
+  there) and the 10 s serial W4 are timed on two fractions of the input and extrapolated
+  linearly, so start-up cancels out in the slope. W5 children are stopped after a time limit.
 * **Results are checked**: every contestant's output must equal the serial loop's.
 * **W5 memory** is the peak PSS summed over the contestant's whole process tree (the process and
   every descendant, from ``/proc/PID/smaps_rollup``), sampled every 20 ms by a thread of this
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -50,6 +56,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,10 +64,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
-
-import joblib
-from joblib.externals.loky import get_reusable_executor
-from mpire import WorkerPool
 
 import madhatter
 from madhatter import Pipeline, depends, parallel, postprocess, preprocess
@@ -74,10 +77,26 @@ W4_SLEEP_SECONDS = 0.01
 W4_THREADS = 64
 W5_SIZES = (1_000_000, 5_000_000)
 W5_QUICK_SIZES = (200_000, 1_000_000)
+W1_CHUNKSIZE = 1
+"""``Pool.imap``/``Executor.map`` chunksize, tuned: 64 long items balance best one at a time."""
+W2_CHUNKSIZE = 5000
+"""Tuned: best of a sweep over 100..125,000 for 1M items (Pool flat from 5,000 up, PPE best here)."""
+W3_CHUNKSIZE = 1000
+"""Tuned: best of a sweep over 100..6,250 for 50,000 items (both Pool and PPE)."""
 W5_CHUNKSIZE = 10_000
 """Chunk length for the peers in W5 (input length unknown: a generator)."""
 
+SLOW_PEER_FRACTIONS = (0.1, 0.25)
+"""joblib and mpire on W2/W3 are timed on 10 % and 25 % of the input and extrapolated."""
+PRUNE_FACTOR = 2.0
+"""Peers this much slower than the fastest one are timed once, not repeated (run-time budget)."""
+W5_TIMEOUT_BASE_SECONDS = 3.0
+W5_TIMEOUT_SECONDS_PER_MILLION = 1.5
+"""A W5 child is stopped after 3 s + 1.5 s per million items (4.5 s at 1M, 10.5 s at 5M): the
+slowest peers would otherwise take most of the time budget (mpire ~7 s per million)."""
 PSS_SAMPLE_SECONDS = 0.02
+BUSY_LOAD = 0.5
+"""A 1-minute load average above this at start means other processes share the 2 cores."""
 CALIBRATION_ENV = "MADHATTER_BENCH_LOOPS_PER_SECOND"
 
 Metric = Literal["speed-up", "items/s", "seconds"]
@@ -232,18 +251,24 @@ def _kept(pairs: Iterable[tuple[Any, bool]]) -> Iterator[Any]:
     return (item for item, keep in pairs if keep)
 
 
-def serial_chain(chain: Chain, items: Iterable[Any]) -> Iterator[Any] | list[Any]:
-    """The plain loop: a list comprehension for one map, chained generators otherwise."""
-    if len(chain) == 1 and chain[0][0] == "map":
-        fn = chain[0][1]
-        return [fn(x) for x in items]
-    stream: Iterable[Any] = items
-    for kind, fn in chain:
-        if kind == "map":
-            stream = (fn(x) for x in stream)
-        else:
-            stream = (x for x in stream if fn(x))
-    return iter(stream)
+def serial_w1(n: int) -> list[int]:
+    return [w1_heavy(x) for x in range(n)]
+
+
+def serial_w2(n: int) -> list[int]:
+    return [w2_double(x) for x in range(n)]
+
+
+def serial_w3(n: int) -> list[int]:
+    return [w3_last(y) for x in range(n) if w3_keep(y := w3_first(x))]
+
+
+def serial_w4(n: int) -> list[int]:
+    return [w4_wait(x) for x in range(n)]
+
+
+def serial_w5(n: int) -> int:
+    return sum(w5_increment(w5_triple(x)) for x in w5_source(n))
 
 
 def pool_chain(
@@ -273,38 +298,44 @@ def executor_chain(
     return iter(stream)
 
 
-def joblib_chain(
-    chain: Chain, items: Iterable[Any], *, backend: str, n_jobs: int, lazy: bool = False
-) -> Iterator[Any]:
-    """One ``joblib.Parallel`` call per stage (``lazy``: chained ``return_as="generator"``)."""
+def _calls(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+    import joblib
+
+    return (joblib.delayed(fn)(x) for x in items)
+
+
+def joblib_chain(chain: Chain, items: Iterable[Any], *, backend: str, n_jobs: int) -> list[Any]:
+    """One ``joblib.Parallel`` call per stage, each returning a list (a barrier)."""
+    import joblib
+
     stream: Iterable[Any] = items
-    return_as = "generator" if lazy else "list"
     for kind, fn in chain:
-        run = joblib.Parallel(n_jobs=n_jobs, backend=backend, batch_size="auto", return_as=return_as)
+        run = joblib.Parallel(n_jobs=n_jobs, backend=backend, batch_size="auto")
         if kind == "map":
-            stream = run(joblib.delayed(fn)(x) for x in stream)
+            stream = run(_calls(fn, stream))
         else:
-            stream = _kept(run(joblib.delayed(keep_pair)(fn, x) for x in stream))
-    return iter(stream)
+            stream = list(_kept(run(_calls(functools.partial(keep_pair, fn), stream))))
+    return list(stream)
 
 
-def mpire_chain(
-    pool: WorkerPool, chain: Chain, items: Iterable[Any], *, lazy: bool = False
-) -> Iterator[Any]:
-    """``WorkerPool.map`` per stage (``lazy``: chained ``imap`` with a fixed chunk size)."""
+def mpire_chain(chain: Chain, items: Iterable[Any], **pool_options: Any) -> list[Any]:
+    """One ``WorkerPool.map`` per stage on one pool, each returning a list (a barrier)."""
+    from mpire.pool import WorkerPool
+
     stream: Iterable[Any] = items
-    for kind, fn in chain:
-        step = fn if kind == "map" else functools.partial(keep_pair, fn)
-        if lazy:
-            out: Iterable[Any] = pool.imap(step, stream, chunk_size=W5_CHUNKSIZE)
-        else:
-            out = pool.map(step, stream)
-        stream = out if kind == "map" else _kept(out)
-    return iter(stream)
+    with WorkerPool(**pool_options) as pool:
+        for kind, fn in chain:
+            if kind == "map":
+                stream = pool.map(fn, stream)
+            else:
+                stream = list(_kept(pool.map(functools.partial(keep_pair, fn), stream)))
+    return list(stream)
 
 
 def shutdown_loky() -> None:
     """Stop joblib's reusable executor, so the next joblib call pays for its start-up."""
+    from joblib.externals.loky import get_reusable_executor
+
     get_reusable_executor().shutdown(wait=True)
 
 
@@ -316,72 +347,71 @@ class Contestant:
         name: as printed.
         run: takes the input size, returns the result (a list, or W5's sum).
         after: called after each timed call, outside the timer (e.g. stop a reusable pool).
-        sample: run on this many items only and scale the time linearly (the 10 s serial W4).
-        peer: False for the references (serial loop) and madhatter itself.
+        extrapolate: time the contestant on these two fractions of the input instead and
+            extrapolate linearly to the whole (start-up cancels out in the slope): for contestants
+            that would take most of the time budget on their own (the 10 s serial W4; joblib and
+            mpire on the tiny items of W2 and W3, 20-100x slower than ``Pool.imap`` there).
+        peer: False for the serial loop and madhatter itself.
     """
 
     name: str
     run: Callable[[int], Any]
     after: Callable[[], None] | None = None
-    sample: int | None = None
+    extrapolate: tuple[float, float] | None = None
     peer: bool = True
 
 
 def process_contestants(
-    chain: Chain, pipeline: Pipeline, chunksize: Callable[[int], int]
+    serial: Callable[[int], list[Any]],
+    chain: Chain,
+    pipeline: Pipeline,
+    chunksize: int,
+    *,
+    slow_peers: tuple[float, float] | None = None,
 ) -> list[Contestant]:
     """Serial, the process pools and madhatter (``processes`` engine) on one chain of steps."""
 
-    def serial(n: int) -> list[Any]:
-        return list(serial_chain(chain, range(n)))
-
     def pool(n: int) -> list[Any]:
         with multiprocessing.Pool(WORKERS) as p:
-            return list(pool_chain(p, chain, range(n), chunksize(n)))
+            return list(pool_chain(p, chain, range(n), chunksize))
 
     def executor(n: int) -> list[Any]:
         with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
-            return list(executor_chain(ex, chain, range(n), chunksize(n)))
+            return list(executor_chain(ex, chain, range(n), chunksize))
 
     def loky(n: int) -> list[Any]:
-        return list(joblib_chain(chain, range(n), backend="loky", n_jobs=WORKERS))
+        return joblib_chain(chain, range(n), backend="loky", n_jobs=WORKERS)
 
     def mpire(n: int) -> list[Any]:
-        with WorkerPool(n_jobs=WORKERS) as p:
-            return list(mpire_chain(p, chain, range(n)))
+        return mpire_chain(chain, range(n), n_jobs=WORKERS)
 
     def mad(n: int) -> list[Any]:
-        result: list[Any] = madhatter.run(
-            pipeline, engine="processes", workers=WORKERS, params={"n": n}
-        )
+        result: list[Any] = madhatter.run(pipeline, engine="processes", workers=WORKERS, params={"n": n})
         return result
 
     return [
         Contestant("serial loop", serial, peer=False),
         Contestant("Pool.imap", pool),
         Contestant("ProcessPoolExecutor.map", executor),
-        Contestant("joblib loky", loky, after=shutdown_loky),
-        Contestant("mpire map", mpire),
+        Contestant("joblib loky", loky, after=shutdown_loky, extrapolate=slow_peers),
+        Contestant("mpire map", mpire, extrapolate=slow_peers),
         Contestant("madhatter processes", mad, peer=False),
     ]
 
 
 def w4_contestants() -> list[Contestant]:
-    """W4: the serial loop (timed on 100 items, scaled), thread pools and madhatter threads."""
-
-    def serial(n: int) -> list[Any]:
-        return list(serial_chain(W4_CHAIN, range(n)))
+    """W4: the serial loop (extrapolated), thread pools and madhatter's ``threads`` engine."""
 
     def executor(n: int) -> list[Any]:
         with concurrent.futures.ThreadPoolExecutor(W4_THREADS) as ex:
             return list(executor_chain(ex, W4_CHAIN, range(n), 1))
 
     def threading_backend(n: int) -> list[Any]:
-        return list(joblib_chain(W4_CHAIN, range(n), backend="threading", n_jobs=W4_THREADS))
+        return joblib_chain(W4_CHAIN, range(n), backend="threading", n_jobs=W4_THREADS)
 
     def mpire(n: int) -> list[Any]:
-        with WorkerPool(n_jobs=W4_THREADS, start_method="threading", use_dill=False) as p:
-            return list(mpire_chain(p, W4_CHAIN, range(n)))
+        options = {"n_jobs": W4_THREADS, "start_method": "threading", "use_dill": False}
+        return mpire_chain(W4_CHAIN, range(n), **options)
 
     def mad(n: int) -> list[Any]:
         result: list[Any] = madhatter.run(
@@ -390,7 +420,7 @@ def w4_contestants() -> list[Contestant]:
         return result
 
     return [
-        Contestant("serial loop", serial, sample=100, peer=False),
+        Contestant("serial loop", serial_w4, extrapolate=(0.02, 0.1), peer=False),
         Contestant("ThreadPoolExecutor.map", executor),
         Contestant("joblib threading", threading_backend),
         Contestant("mpire threading", mpire),
@@ -398,37 +428,56 @@ def w4_contestants() -> list[Contestant]:
     ]
 
 
+def w5_fused(x: int) -> int:
+    """W5's two maps as one function, for joblib and mpire: neither can chain lazy calls (two
+    ``return_as="generator"`` calls on one loky executor hang; mpire refuses a second ``imap``
+    while one runs)."""
+    return w5_increment(w5_triple(x))
+
+
 def w5_run(name: str, n: int) -> int:
     """W5 contestant ``name`` on a generator of ``n`` ints; returns the sum."""
     if name == "serial loop":
-        return sum(serial_chain(W5_CHAIN, w5_source(n)))
+        return serial_w5(n)
+    if name == "serial map() chain":
+        return sum(map(w5_increment, map(w5_triple, w5_source(n))))
     if name == "Pool.imap":
         with multiprocessing.Pool(WORKERS) as p:
             return sum(pool_chain(p, W5_CHAIN, w5_source(n), W5_CHUNKSIZE))
     if name == "ProcessPoolExecutor.map":
         with concurrent.futures.ProcessPoolExecutor(WORKERS) as ex:
             return sum(executor_chain(ex, W5_CHAIN, w5_source(n), W5_CHUNKSIZE))
-    if name == "joblib loky":
-        return sum(joblib_chain(W5_CHAIN, w5_source(n), backend="loky", n_jobs=WORKERS, lazy=True))
-    if name == "mpire imap":
+    if name == "joblib loky (fused)":
+        import joblib
+
+        run = joblib.Parallel(n_jobs=WORKERS, batch_size="auto", return_as="generator")
+        return sum(run(_calls(w5_fused, w5_source(n))))
+    if name == "mpire imap (fused)":
+        from mpire.pool import WorkerPool
+
         with WorkerPool(n_jobs=WORKERS) as p:
-            return sum(mpire_chain(p, W5_CHAIN, w5_source(n), lazy=True))
+            return sum(p.imap(w5_fused, w5_source(n), chunk_size=W5_CHUNKSIZE))
     if name == "madhatter processes":
-        total: int = madhatter.run(W5_PIPELINE, engine="processes", workers=WORKERS, params={"n": n})
+        params = {"n": n}
+        total: int = madhatter.run(W5_PIPELINE, engine="processes", workers=WORKERS, params=params)
         return total
-    if name == "baseline (imports only)":
+    if name == W5_BASELINE:
         return 0
     raise SystemExit(f"unknown W5 contestant {name!r}")
 
 
 W5_CONTESTANTS = (
     "serial loop",
+    "serial map() chain",
     "Pool.imap",
     "ProcessPoolExecutor.map",
-    "joblib loky",
-    "mpire imap",
+    "joblib loky (fused)",
+    "mpire imap (fused)",
     "madhatter processes",
 )
+W5_PEERS = W5_CONTESTANTS[2:-1]
+W5_BASELINE = "baseline (imports only)"
+"""A child that imports madhatter and exits: the interpreter's own share of every peak."""
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -452,31 +501,52 @@ class Timing:
         return statistics.median(self.seconds)
 
 
-def _call(contestant: Contestant, n: int) -> tuple[float, Any]:
-    size = min(n, contestant.sample or n)
+def _timed_call(contestant: Contestant, n: int) -> tuple[float, Any]:
     gc.collect()
     started = time.perf_counter()
-    result = contestant.run(size)
+    result = contestant.run(n)
     seconds = time.perf_counter() - started
     if contestant.after is not None:
         contestant.after()
-    return seconds * n / size, result
+    return seconds, result
 
 
-def measure(
-    contestants: Sequence[Contestant], n: int, *, repeats: int, warmup: int
-) -> list[Timing]:
-    """Warm every contestant up, then time them round-robin; check results against the first."""
+def _call(contestant: Contestant, n: int) -> tuple[float, Any]:
+    """Time one call on ``n`` items (or extrapolate it); return the seconds and the result."""
+    if contestant.extrapolate is None:
+        return _timed_call(contestant, n)
+    n1, n2 = (max(1, round(n * fraction)) for fraction in contestant.extrapolate)
+    t1, _ = _timed_call(contestant, n1)
+    t2, _ = _timed_call(contestant, n2)
+    return t1 + (t2 - t1) * (n - n1) / (n2 - n1), None
+
+
+def measure(contestants: Sequence[Contestant], n: int, *, repeats: int, warmup: int) -> list[Timing]:
+    """Warm every contestant up, then time them round-robin; check results against the first.
+
+    Peers slower than ``PRUNE_FACTOR`` x the fastest peer in the first round are timed only once:
+    they cannot be the best peer, and repeating them would dominate the benchmark's run time.
+    """
     for contestant in contestants:
-        _call(contestant, min(warmup, contestant.sample or warmup))
+        _timed_call(contestant, warmup)
     timings = [Timing(c.name, c.peer) for c in contestants]
+    for contestant, timing in zip(contestants, timings, strict=True):
+        if contestant.extrapolate is not None:
+            n1, n2 = (max(1, round(n * fraction)) for fraction in contestant.extrapolate)
+            timing.note = f"extrapolated from {n1:,} and {n2:,} items"
     expected: Any = None
-    for _ in range(repeats):
-        for contestant, timing in zip(contestants, timings):
+    for round_ in range(repeats):
+        if round_ == 1:
+            fastest = min(t.best for t in timings if t.peer)
+            for t in timings:
+                if t.peer and t.best > PRUNE_FACTOR * fastest:
+                    t.note = ", ".join(filter(None, [t.note, "timed once (slow)"]))
+        for contestant, timing in zip(contestants, timings, strict=True):
+            if round_ and "timed once" in timing.note:
+                continue
             seconds, result = _call(contestant, n)
             timing.seconds.append(seconds)
-            if contestant.sample is not None and contestant.sample < n:
-                timing.note = f"timed on {contestant.sample} items, scaled"
+            if contestant.extrapolate is not None:
                 continue
             if expected is None:
                 expected = result
@@ -548,12 +618,28 @@ def w5_child(name: str, n: int) -> None:
     print(json.dumps({"seconds": seconds, "result": result}), flush=True)
 
 
-def w5_in_subprocess(name: str, n: int) -> tuple[float, int, int]:
-    """Run a W5 contestant in a fresh interpreter; return (seconds, peak PSS bytes, result)."""
+def w5_timeout(n: int) -> float:
+    """Seconds a W5 child may run before it is stopped and reported as too slow."""
+    return W5_TIMEOUT_BASE_SECONDS + W5_TIMEOUT_SECONDS_PER_MILLION * n / 1e6
+
+
+def w5_in_subprocess(name: str, n: int) -> tuple[float | None, int, int | None]:
+    """Run a W5 contestant in a fresh interpreter; return (seconds, peak PSS bytes, result).
+
+    A child still running after :func:`w5_timeout` is killed with its workers; its seconds and
+    result are then ``None`` and its peak is the highest seen until then.
+    """
     command = [sys.executable, os.path.abspath(__file__), "--w5-child", name, str(n)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     with PeakPss(process.pid) as sampler:
-        out, _ = process.communicate()
+        try:
+            out, _ = process.communicate(timeout=w5_timeout(n))
+        except subprocess.TimeoutExpired:
+            for pid in reversed(tree_pids(process.pid)):  # our child and the workers it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.communicate()
+            return None, sampler.peak, None
     if process.returncode != 0:
         raise SystemExit(f"W5 child {name!r} n={n} failed with exit code {process.returncode}")
     report = json.loads(out.strip().splitlines()[-1])
@@ -573,11 +659,6 @@ class Workload:
     contestants: Callable[[], list[Contestant]]
 
 
-def _pool_chunks(n: int) -> int:
-    """``Pool.imap``/``Executor.map`` chunksize for many cheap items: 8 chunks per worker."""
-    return max(1, n // (WORKERS * 8))
-
-
 WORKLOADS = {
     "W1": Workload(
         "W1",
@@ -585,7 +666,7 @@ WORKLOADS = {
         64,
         16,
         "speed-up",
-        lambda: process_contestants(W1_CHAIN, W1_PIPELINE, lambda n: 1),
+        lambda: process_contestants(serial_w1, W1_CHAIN, W1_PIPELINE, W1_CHUNKSIZE),
     ),
     "W2": Workload(
         "W2",
@@ -593,7 +674,9 @@ WORKLOADS = {
         1_000_000,
         200_000,
         "items/s",
-        lambda: process_contestants(W2_CHAIN, W2_PIPELINE, _pool_chunks),
+        lambda: process_contestants(
+            serial_w2, W2_CHAIN, W2_PIPELINE, W2_CHUNKSIZE, slow_peers=SLOW_PEER_FRACTIONS
+        ),
     ),
     "W3": Workload(
         "W3",
@@ -601,7 +684,9 @@ WORKLOADS = {
         200_000,
         20_000,
         "speed-up",
-        lambda: process_contestants(W3_CHAIN, W3_PIPELINE, _pool_chunks),
+        lambda: process_contestants(
+            serial_w3, W3_CHAIN, W3_PIPELINE, W3_CHUNKSIZE, slow_peers=SLOW_PEER_FRACTIONS
+        ),
     ),
     "W4": Workload(
         "W4",
@@ -637,14 +722,13 @@ class Verdict:
     workload: str
     madhatter: str
     best_peer: str
-    ratio: str
+    vs_peer: str
+    vs_serial: str
     target: str
     met: bool
 
 
-def run_workload(
-    workload: Workload, *, quick: bool, repeats: int
-) -> tuple[dict[str, Any], Verdict]:
+def run_workload(workload: Workload, *, quick: bool, repeats: int) -> tuple[dict[str, Any], Verdict]:
     n = workload.quick_size if quick else workload.size
     warmup = max(1, n // 50)
     print(f"\n{workload.key} {workload.title}: n={n:,}, warm-up n={warmup:,}, best of {repeats}")
@@ -677,12 +761,14 @@ def run_workload(
         target, met = ">= 1.8x", mad_figure >= 1.8
     else:
         ideal = math.ceil(n / W4_THREADS) * W4_SLEEP_SECONDS
-        target, met = f"<= {1.15 * ideal:.3f} s (ideal {ideal:.2f} s + 15 %)", mad.best <= 1.15 * ideal
+        target = f"<= {1.15 * ideal:.3f} s (ideal {ideal:.2f} s + 15 %)"
+        met = mad.best <= 1.15 * ideal
     verdict = Verdict(
         workload.key,
         show(workload.metric, mad_figure),
         f"{best_peer.name} {show(workload.metric, peer_figure)}",
         f"{vs_peer:.2f}x",
+        f"{vs_serial:.2f}x",
         target,
         met,
     )
@@ -690,72 +776,95 @@ def run_workload(
 
 
 def run_w5(*, quick: bool, repeats: int) -> tuple[dict[str, Any], list[Verdict]]:
+    """W5: every contestant alone in a fresh subprocess, at the small then the big size.
+
+    The serial loops and madhatter run ``repeats`` times per size (best time, highest peak); the
+    peers run once. A peer that was stopped at the small size, or whose small-size time scaled
+    linearly would pass the big size's timeout, is not run at the big size.
+    """
     sizes = W5_QUICK_SIZES if quick else W5_SIZES
-    names = (*W5_CONTESTANTS, "baseline (imports only)")
+    names = (*W5_CONTESTANTS, W5_BASELINE)
     print(
         f"\nW5 streaming: generator -> two maps -> streamed sum, n={sizes[0]:,} and {sizes[-1]:,};"
-        f" each run in a fresh subprocess; time best of {repeats}, peak PSS max over runs"
+        f" each run alone in a fresh subprocess; serial and madhatter best of {repeats}, peers once"
     )
     seconds: dict[tuple[str, int], list[float]] = {}
     peaks: dict[tuple[str, int], int] = {}
-    for n in sizes:
+    notes: dict[tuple[str, int], str] = {}
+    for index, n in enumerate(sizes):
+        todo = list(names)
+        if index:
+            small = sizes[index - 1]
+            for name in W5_PEERS:
+                if (name, small) not in seconds:
+                    todo.remove(name)
+                    notes[name, n] = "not run"
+                elif (projected := min(seconds[name, small]) * n / small) > w5_timeout(n):
+                    todo.remove(name)
+                    notes[name, n] = f"not run: ~{projected:.0f} s"
         expected = None
-        for _ in range(repeats):
-            for name in names:
-                if name.startswith("baseline") and (name, n) in seconds:
-                    continue
+        for round_ in range(repeats):
+            for name in todo if round_ == 0 else [c for c in W5_CONTESTANTS if c not in W5_PEERS]:
                 took, peak, result = w5_in_subprocess(name, n)
-                seconds.setdefault((name, n), []).append(took)
                 peaks[name, n] = max(peaks.get((name, n), 0), peak)
-                if name.startswith("baseline"):
+                if took is None:
+                    notes[name, n] = f"stopped at {w5_timeout(n):.1f} s"
+                    continue
+                seconds.setdefault((name, n), []).append(took)
+                if name == W5_BASELINE:
                     continue
                 if expected is None:
                     expected = result
                 elif result != expected:
-                    raise SystemExit(f"W5: {name} returned a different sum than serial")
-    head = "".join(f"{'s @' + _millions(n):>11}{'MB @' + _millions(n):>11}" for n in sizes)
+                    raise SystemExit(f"W5: {name} returned a different sum than the serial loop")
+    head = "".join(f"{'s @' + _millions(n):>10}{'MB @' + _millions(n):>10}" for n in sizes)
     print(f"  {'contestant':<26}{head}")
     rows: dict[str, Any] = {}
     for name in names:
-        cells = "".join(
-            f"{min(seconds[name, n]):>11.3f}{peaks[name, n] / 1e6:>11.1f}" for n in sizes
-        )
-        print(f"  {name:<26}{cells}")
-        rows[name] = {
-            _millions(n): {"seconds": seconds[name, n], "peak_pss_bytes": peaks[name, n]}
-            for n in sizes
-        }
-    big, small = sizes[-1], sizes[0]
+        cells, rows[name] = "", {}
+        for n in sizes:
+            time_cell = f"{min(seconds[name, n]):.3f}" if (name, n) in seconds else "-"
+            peak_cell = f"{peaks[name, n] / 1e6:.1f}" if (name, n) in peaks else "-"
+            cells += f"{time_cell:>10}{peak_cell:>10}"
+            rows[name][_millions(n)] = {
+                "seconds": seconds.get((name, n)),
+                "peak_pss_bytes": peaks.get((name, n)),
+                "note": notes.get((name, n), ""),
+            }
+        remarks = [f"{_millions(n)}: {notes[name, n]}" for n in sizes if (name, n) in notes]
+        print(f"  {name:<26}{cells}" + (f"  ({'; '.join(remarks)})" if remarks else ""))
+    small, big = sizes[0], sizes[-1]
     mad, ser = "madhatter processes", "serial loop"
-    peers = [name for name in W5_CONTESTANTS if name not in (mad, ser)]
-    best_time = min(peers, key=lambda name: min(seconds[name, big]))
-    best_memory = min(peers, key=lambda name: peaks[name, big])
-    mad_time = {n: min(seconds[mad, n]) for n in sizes}
-    ser_time = {n: min(seconds[ser, n]) for n in sizes}
-    slowdown = max(mad_time[n] / ser_time[n] for n in sizes)
+    ran = [name for name in W5_PEERS if (name, big) in seconds]
+    best_time = min(ran, key=lambda name: min(seconds[name, big]))
+    best_memory = min(ran, key=lambda name: peaks[name, big])
+    peer_time, mad_time = min(seconds[best_time, big]), min(seconds[mad, big])
+    slowdown = {n: min(seconds[mad, n]) / min(seconds[ser, n]) for n in sizes}
     growth = peaks[mad, big] / peaks[mad, small]
     print(
-        f"  madhatter: {max(mad_time[n] / ser_time[n] for n in sizes):.2f}x the serial loop's time"
-        f" (worst of both sizes); {min(seconds[best_time, big]) / mad_time[big]:.2f}x the speed of"
-        f" the best peer ({best_time}); peak {peaks[mad, big] / 1e6:.1f} MB at {_millions(big)}"
-        f" ({growth:.2f}x its peak at {_millions(small)})"
+        f"  madhatter: {slowdown[small]:.2f}x / {slowdown[big]:.2f}x the serial loop's time at "
+        f"{_millions(small)} / {_millions(big)}; {peer_time / mad_time:.2f}x the speed of the best "
+        f"peer ({best_time}); peak {peaks[mad, big] / 1e6:.1f} MB, {growth:.2f}x its "
+        f"{_millions(small)} peak"
     )
     verdicts = [
         Verdict(
-            f"W5 time {_millions(big)}",
-            f"{mad_time[big]:.3f} s",
-            f"{best_time} {min(seconds[best_time, big]):.3f} s",
-            f"{min(seconds[best_time, big]) / mad_time[big]:.2f}x",
-            f"<= 1.1 x serial ({ser_time[big]:.3f} s)",
-            slowdown <= 1.10,
+            "W5 time",
+            f"{mad_time:.3f} s @{_millions(big)}",
+            f"{best_time} {peer_time:.3f} s",
+            f"{peer_time / mad_time:.2f}x",
+            f"{1 / slowdown[big]:.2f}x",
+            f"<= 1.1 x serial at both sizes ({slowdown[small]:.2f}x, {slowdown[big]:.2f}x)",
+            max(slowdown.values()) <= 1.10,
         ),
         Verdict(
             "W5 peak PSS",
-            f"{peaks[mad, big] / 1e6:.1f} MB",
+            f"{peaks[mad, big] / 1e6:.1f} MB @{_millions(big)}",
             f"{best_memory} {peaks[best_memory, big] / 1e6:.1f} MB",
             f"{peaks[best_memory, big] / peaks[mad, big]:.2f}x",
-            f"< 100 MB, flat ({_millions(small)}->{_millions(big)}: {growth:.2f}x <= 1.1x)",
-            peaks[mad, big] < 100e6 and peaks[mad, small] < 100e6 and growth <= 1.10,
+            f"{peaks[ser, big] / peaks[mad, big]:.2f}x",
+            f"< 100 MB and flat ({_millions(small)}->{_millions(big)}: {growth:.2f}x <= 1.1x)",
+            max(peaks[mad, n] for n in sizes) < 100e6 and growth <= 1.10,
         ),
     ]
     return {"sizes": list(sizes), "contestants": rows}, verdicts
@@ -766,15 +875,26 @@ def _millions(n: int) -> str:
 
 
 def print_summary(verdicts: list[Verdict]) -> None:
-    headers = ("workload", "madhatter", "best peer", "vs peer", "target", "met")
+    headers = ("workload", "madhatter", "best peer", "vs peer", "vs serial", "target", "met")
     cells = [
-        (v.workload, v.madhatter, v.best_peer, v.ratio, v.target, "yes" if v.met else "NO")
+        (
+            v.workload,
+            v.madhatter,
+            v.best_peer,
+            v.vs_peer,
+            v.vs_serial,
+            v.target,
+            "yes" if v.met else "NO",
+        )
         for v in verdicts
     ]
     widths = [max(len(row[i]) for row in [headers, *cells]) for i in range(len(headers))]
-    print("\nSummary (vs peer: madhatter's speed, or memory, relative to the best peer's)")
+    print(
+        "\nSummary (vs peer / vs serial: the best peer's or the serial loop's time, or peak memory,"
+        " divided by madhatter's: above 1 means madhatter is faster or smaller)"
+    )
     for row in [headers, *cells]:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -782,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one repeat (< 60 s)")
     parser.add_argument("--only", help="comma-separated workloads, e.g. W1,W3 (default: all)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-    parser.add_argument("--repeats", type=int, help="timed rounds per workload (default 3; 1 quick)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default: 3, or 1 with --quick)")
     parser.add_argument("--w5-child", nargs=2, metavar=("NAME", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.w5_child:
@@ -796,10 +916,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     started = time.perf_counter()
     set_calibration(calibrate())
+    load_before = os.getloadavg()[0]
     print(
         f"madhatter {madhatter.__version__} | Python {platform.python_version()} | "
-        f"{os.cpu_count()} CPUs | {WORKERS} workers | mode: {'quick' if args.quick else 'full'}"
+        f"{os.cpu_count()} CPUs | {WORKERS} workers | mode: {'quick' if args.quick else 'full'} | "
+        f"load average {load_before:.2f}"
     )
+    if load_before > BUSY_LOAD:
+        print(f"warning: the machine is busy (load {load_before:.2f}): figures will be distorted")
     print(
         f"calibration: {_LOOPS_PER_SECOND / 1e6:.1f}M spin rounds/s -> W1 {W1_LOOPS:,} rounds "
         f"(~{W1_ITEM_SECONDS * 1e3:g} ms), W3 {W3_LOOPS} rounds (~{W3_STEP_SECONDS * 1e6:g} us)"
@@ -808,7 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts: list[Verdict] = []
     for key in selected:
         if key == "W5":
-            results[key], w5_verdicts = run_w5(quick=args.quick, repeats=min(repeats, 2))
+            w5_repeats = args.repeats or (2 if args.quick else 3)
+            results[key], w5_verdicts = run_w5(quick=args.quick, repeats=w5_repeats)
             verdicts.extend(w5_verdicts)
         else:
             results[key], verdict = run_workload(WORKLOADS[key], quick=args.quick, repeats=repeats)
@@ -825,6 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mode": "quick" if args.quick else "full",
             "repeats": repeats,
             "loops_per_second": _LOOPS_PER_SECOND,
+            "load_average_before": load_before,
             "seconds": elapsed,
             "workloads": results,
             "summary": [dataclasses.asdict(v) for v in verdicts],

@@ -83,7 +83,13 @@ def _record(fn: F, **changes: Any) -> F:
     if not callable(fn):
         raise TypeError(f"madhatter decorators apply to functions, not {type(fn).__name__}")
     spec = dataclasses.replace(get_spec(fn) or StepSpec(), **changes)
-    setattr(fn, SPEC_ATTRIBUTE, spec)
+    try:
+        setattr(fn, SPEC_ATTRIBUTE, spec)
+    except AttributeError:
+        raise TypeError(
+            f"madhatter decorators apply to plain functions; {fn!r} does not take attributes "
+            f"(decorate the function itself, not a bound method or a builtin)"
+        ) from None
     if spec.kind in PARALLEL_KINDS:
         fn.n = spec.n  # type: ignore[attr-defined]
         fn.chunk_by = spec.chunk_by  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ Per-worker ``setup`` runs once per (run, step, worker thread) and is cached here
 from __future__ import annotations
 
 import dataclasses
+import os
 import reprlib
 import threading
 import time
@@ -112,10 +113,13 @@ def release_setups(run_key: str) -> None:
             del _setups[key]
 
 
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` without madhatter's own frames above the user's function."""
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` without madhatter's own frames above the user's code."""
     tb: TracebackType | None = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
@@ -181,9 +185,9 @@ class ChainTask:
                 raise
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                skipped.append(SkippedItem(op.step, chunk, item, error, _user_traceback(exc)))
+                skipped.append(SkippedItem(op.step, chunk, item, error, user_traceback(exc)))
         return outputs
 
 
 def _failure(step: str, chunk: int, items: list[Any], exc: Exception) -> StepFailed:
-    return StepFailed(step, chunk, preview(items), _user_traceback(exc))
+    return StepFailed(step, chunk, preview(items), user_traceback(exc))

@@ -1,8 +1,9 @@
 """Interrupt a task that runs past its timeout, where the platform allows it.
 
 On POSIX, in a process's main thread, a ``SIGALRM`` timer raises :class:`TaskTimedOut` inside the
-running Python code. Elsewhere (other threads, Windows) the timer cannot be set and the task runs
-on; engines that own their workers (processes, containers) then stop the worker itself.
+running Python code; a timer the caller had set is put back afterwards. Elsewhere (other threads,
+Windows) the timer cannot be set and the task runs on; engines that own their workers (processes,
+containers) then stop the worker itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -27,10 +29,15 @@ def deadline(seconds: float | None) -> Iterator[None]:
     if seconds is None or not can_interrupt():
         yield
         return
+    caller_left, caller_interval = signal.getitimer(signal.ITIMER_REAL)
+    if caller_left and caller_left <= seconds:
+        yield  # the caller's own alarm (e.g. pytest-timeout) fires first anyway: leave it alone
+        return
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         raise TaskTimedOut(seconds)
 
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -38,3 +45,6 @@ def deadline(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if caller_left:  # put the caller's timer back, less the time we spent
+            left = max(caller_left - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left, caller_interval)

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import itertools
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -38,7 +37,15 @@ from .._events import (
 )
 from ..graph import Plan, Stage
 from ._base import Engine, TaskResult, engine_class, get_engine
-from ._chain import ChainOp, ChainTask, ChunkOutcome, SkippedItem, preview, release_setups
+from ._chain import (
+    ChainOp,
+    ChainTask,
+    ChunkOutcome,
+    SkippedItem,
+    preview,
+    release_setups,
+    user_traceback,
+)
 from ._channel import Channel
 from ._serialize import dumps_function
 from ._stage import ChannelReader, IterableReader, Job, Reader, StageRunner, StepStats
@@ -110,6 +117,7 @@ class RunContext:
         self._cancel = cancel
         self._skipped: list[SkippedItem] = []
         self._stats: dict[str, StepStats] = {}
+        self.driver_threads: list[Future[TaskResult]] = []
         self.futures: dict[Future[TaskResult], tuple[StageRunner, Job]] = {}
 
     @property
@@ -208,8 +216,7 @@ class Scheduler:
         try:
             value = step.func(*arguments, **self._params_of(stage))
         except Exception as exc:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            raise StepFailed(step.name, 0, preview(arguments), text) from exc
+            raise StepFailed(step.name, 0, preview(arguments), user_traceback(exc)) from exc
         if _is_one_shot(value) and len(self.plan.consumers(stage.name)) > 1:
             value = list(value)  # several consumers: a generator can only be read once
         seconds = time.perf_counter() - clock
@@ -234,7 +241,10 @@ class Scheduler:
             upstream = self.plan.stage(upstream_name)
             if upstream.kind == "driver":
                 self._activate(upstream)
-                getters.append(functools.partial(self.evaluate, upstream))
+                if stage.first.stream:
+                    getters.append(functools.partial(self.evaluate, upstream))
+                else:
+                    getters.append(functools.partial(self._whole, upstream))
             elif stage.first.stream:
                 reader = self._channel_reader(upstream)
                 getters.append(functools.partial(self._stream, reader))
@@ -243,6 +253,13 @@ class Scheduler:
                 self.collectors.append(collector)
                 getters.append(functools.partial(self._collected, collector))
         self._inputs[stage.name] = getters
+
+    def _whole(self, stage: Stage) -> Any:
+        """A driver stage's value for a step that wants it whole: a generator becomes a list."""
+        value = self.evaluate(stage)
+        if _is_one_shot(value):
+            value = self.values[stage.name] = list(value)
+        return value
 
     def _collected(self, collector: _Collector) -> list[Any]:
         self.drive(lambda: collector.done)
@@ -283,7 +300,7 @@ class Scheduler:
                     f"step {upstream.first.name!r} returned {type(value).__name__}, which is not "
                     f"iterable, but parallel step {stage.first.name!r} needs a sequence to split"
                 )
-            reader = IterableReader(value)
+            reader = IterableReader(value, upstream.first.name)
         else:
             reader = self._channel_reader(upstream)
         engine = self.engines.get(stage.first.engine)
@@ -389,7 +406,8 @@ def _may_run_inline(stage: Stage) -> bool:
     """Steps that asked for isolation, limits or their own engine always go to workers."""
     step = stage.first
     return not (
-        step.timeout is not None
+        step.retries  # a step expected to fail is kept where a crash costs only a worker
+        or step.timeout is not None
         or step.engine is not None
         or step.resources
         or any(s.setup is not None for s in stage.steps)
@@ -431,6 +449,7 @@ def execute_plan(
         raise
     finally:
         try:
+            wait(run.driver_threads)  # a probe item still running on a driver thread ends first
             # After success, tasks still out are unneeded (a stream consumer stopped early).
             engines.shutdown(cancel_pending=status != "succeeded" or bool(run.futures))
         finally:

@@ -18,7 +18,6 @@ import dataclasses
 import heapq
 import itertools
 import time
-import traceback
 from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, wait
 from typing import Any, Literal, Protocol
@@ -35,7 +34,7 @@ from .._events import (
 )
 from ..graph import Stage
 from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
-from ._chain import ChainTask, ChunkOutcome, preview
+from ._chain import ChainTask, ChunkOutcome, preview, user_traceback
 from ._channel import Channel
 from ._sizing import (
     INLINE_TARGET_SECONDS,
@@ -75,9 +74,14 @@ class Reader(Protocol):
 
 
 class IterableReader:
-    """Reads a driver step's value (a list, or any iterable, however long)."""
+    """Reads a driver step's value (a list, or any iterable, however long).
 
-    def __init__(self, iterable: Iterable[Any]) -> None:
+    An exception raised while iterating (a generator source failing midway) becomes a
+    :class:`StepFailed` naming the step that produced the iterable.
+    """
+
+    def __init__(self, iterable: Iterable[Any], step: str) -> None:
+        self._step = step
         self._total = len(iterable) if isinstance(iterable, Sized) else None
         self._iterator: Iterator[Any] = iter(iterable)
         self._done = False
@@ -90,7 +94,11 @@ class IterableReader:
         return 0 if self._done else 1
 
     def read(self, count: int) -> list[Any]:
-        items = list(itertools.islice(self._iterator, count))
+        try:
+            items = list(itertools.islice(self._iterator, count))
+        except Exception as exc:
+            where = f"after {self._count} items"
+            raise StepFailed(self._step, 0, where, user_traceback(exc)) from exc
         self._count += len(items)
         if len(items) < count:
             self._done = True
@@ -158,6 +166,7 @@ class RunState(Protocol):
 
     run_id: str
     relaxed: bool
+    driver_threads: list[Future[TaskResult]]
 
     @property
     def emitting(self) -> bool: ...
@@ -293,6 +302,7 @@ class StageRunner:
                 job.in_driver = True
                 self._in_driver += 1
                 self.run.track(future, self, job)
+                self.run.driver_threads.append(future)
                 return
             error = future.exception()
             if error is not None:
@@ -397,8 +407,7 @@ class StageRunner:
             return WorkerLost(self.stage.name, job.index, error.detail)
         if isinstance(error, TaskTimedOut):
             return TaskTimeout(self.stage.name, job.index, error.timeout)
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return StepFailed(self.stage.name, job.index, preview(job.items), text)
+        return StepFailed(self.stage.name, job.index, preview(job.items), user_traceback(error))
 
     # -- output ----------------------------------------------------------------------------
 
@@ -434,4 +443,10 @@ class StageRunner:
 
 
 def _one_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    """The gist of an error in one line: for a step's failure, the user's own exception line."""
+    if isinstance(error, StepFailed):
+        lines = [line for line in error.remote_traceback.splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import pickle
 import signal
 import sys
 import time
@@ -34,20 +33,29 @@ def _die_with_parent() -> None:
 
 
 def _result_message(key: str, ok: bool, value: Any, started: float, seconds: float) -> bytes:
-    try:
-        return dumps_data((key, ok, value, started, seconds))
-    except Exception as exc:
-        if ok:
-            error: BaseException = TypeError(
+    if ok:
+        try:
+            return dumps_data((key, ok, value, started, seconds))
+        except Exception as exc:
+            value = TypeError(
                 f"the task's output cannot be sent back to the driver: {type(exc).__name__}: {exc}"
             )
-        else:
-            value.__cause__ = None  # the user's exception is what failed to pickle: keep the text
-            try:
-                return dumps_data((key, ok, value, started, seconds))
-            except Exception:
-                error = RuntimeError(f"{type(value).__name__}: {value}")
-        return pickle.dumps((key, False, error, started, seconds))
+    return dumps_data((key, False, _portable_error(value), started, seconds))
+
+
+def _portable_error(error: BaseException) -> BaseException:
+    """``error`` if it survives a pickle round trip; else the same without the user's exception
+    as ``__cause__`` (a StepFailed keeps its traceback text); else a RuntimeError with its text."""
+    for attempt in range(2):
+        try:
+            loads(dumps_data(error))
+            return error
+        except Exception:
+            if attempt == 0 and error.__cause__ is not None:
+                error.__cause__ = None
+            else:
+                break
+    return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def worker_main(conn: Connection, parent_pid: int) -> None:

@@ -158,6 +158,17 @@ class ProcessesEngine(Engine):
         try:
             while self._step():
                 pass
+        except BaseException as exc:  # a bug here must fail the run, never hang it
+            with self._lock:
+                self._closing = self._cancelling = True
+                doomed = [p.future for p in self._queue] + [
+                    w.current.future for w in self._workers if w.current is not None
+                ]
+                self._queue.clear()
+            for future in doomed:
+                if not future.done():
+                    future.set_exception(TaskLost(f"the processes engine failed: {exc!r}"))
+            raise
         finally:
             self._stop_workers()
 
@@ -214,10 +225,19 @@ class ProcessesEngine(Engine):
         pending = worker.current
         assert pending is not None
         try:
-            _key, ok, value, started, seconds = loads(worker.conn.recv_bytes())
+            message = worker.conn.recv_bytes()
         except (EOFError, OSError):
             return  # died while answering: _replace reports it
         worker.current = None
+        try:
+            _key, ok, value, started, seconds = loads(message)
+        except Exception as exc:  # e.g. an exception class whose __init__ rejects its own args
+            error = RuntimeError(
+                f"the worker's answer could not be unpickled in the driver: {type(exc).__name__}: {exc}"
+            )
+            if not pending.future.done():
+                pending.future.set_exception(error)
+            return
         if pending.future.done():
             return
         if ok:

@@ -12,7 +12,7 @@ from typing import Any
 from .._errors import PipelineDefinitionError
 from .._steps import StepSpec, get_spec
 from ._model import Graph, Step
-from ._validate import check_graph, step_param_names
+from ._validate import check_arity, check_graph, step_param_names
 
 
 def steps_of_module(module: ModuleType) -> list[Callable[..., Any]]:
@@ -53,7 +53,7 @@ def build_graph(
         spec = get_spec(fn)
         if spec is None:
             what = getattr(fn, "__name__", repr(fn))
-            where = f"step {referenced_by!r} depends on {what!r}, which" if referenced_by else what
+            where = f"step {referenced_by!r} depends on {what!r}, which" if referenced_by else repr(what)
             raise PipelineDefinitionError(
                 f"{where} is not a madhatter step: decorate it with @preprocess, @parallel, "
                 f"@parallel.map, @parallel.filter or @postprocess"
@@ -132,6 +132,7 @@ def _make_step(name: str, fn: Callable[..., Any], spec: StepSpec, upstreams: tup
         engine=spec.engine,
         resources=spec.resources,
     )
+    check_arity(step)  # before the signature: "add @depends" beats "takes 0 arguments"
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # some builtins and C functions have none

@@ -15,8 +15,6 @@ from ._model import Graph, Param, Step
 
 def check_graph(steps: Mapping[str, Step], output: str | None) -> Graph:
     """Validate ``steps`` and return them as a :class:`Graph` in topological order."""
-    for step in steps.values():
-        _check_arity(step)
     order = topological_order(steps)
     sinks = [name for name in order if not any(name in s.upstreams for s in steps.values())]
     if output is None:
@@ -34,7 +32,8 @@ def check_graph(steps: Mapping[str, Step], output: str | None) -> Graph:
     return Graph({name: steps[name] for name in order if name in needed}, output)
 
 
-def _check_arity(step: Step) -> None:
+def check_arity(step: Step) -> None:
+    """Each kind takes a fixed number of upstreams: a source none, a parallel step one."""
     count = len(step.upstreams)
     if step.kind == "source" and count:
         raise PipelineDefinitionError(
@@ -64,7 +63,8 @@ def topological_order(steps: Mapping[str, Step]) -> list[str]:
         if state.get(name) == "done":
             return
         if state.get(name) == "visiting":
-            raise CycleError(path[path.index(name) :])
+            upstream_order = path[path.index(name) :]  # we walked from each step to its upstream
+            raise CycleError([upstream_order[0], *reversed(upstream_order[1:])])
         state[name] = "visiting"
         path.append(name)
         for upstream in steps[name].upstreams:
