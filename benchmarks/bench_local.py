@@ -56,6 +56,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -90,10 +91,13 @@ SLOW_PEER_FRACTIONS = (0.1, 0.25)
 """joblib and mpire on W2/W3 are timed on 10 % and 25 % of the input and extrapolated."""
 PRUNE_FACTOR = 2.0
 """Peers this much slower than the fastest one are timed once, not repeated (run-time budget)."""
-W5_TIMEOUT_BASE_SECONDS = 3.0
-W5_TIMEOUT_SECONDS_PER_MILLION = 1.5
-"""A W5 child is stopped after 3 s + 1.5 s per million items (4.5 s at 1M, 10.5 s at 5M): the
-slowest peers would otherwise take most of the time budget (mpire ~7 s per million)."""
+W5_TIMEOUT_BASE_SECONDS = 2.0
+W5_TIMEOUT_SECONDS_PER_MILLION = 1.0
+"""A W5 child is stopped after 2 s + 1 s per million items (3 s at 1M, 7 s at 5M, ~5x the serial
+loop): the slowest peers would otherwise take most of the time budget (mpire ~7 s per million)."""
+W5_STOP_GRACE_SECONDS = 5.0
+"""How long a stopped W5 child may take to shut its pool down before its tree is killed (a
+killed joblib child leaves semaphores and memmapping folders in /dev/shm)."""
 PSS_SAMPLE_SECONDS = 0.02
 BUSY_LOAD = 0.5
 """A 1-minute load average above this at start means other processes share the 2 cores."""
@@ -490,6 +494,7 @@ class Timing:
     name: str
     peer: bool
     seconds: list[float] = dataclasses.field(default_factory=list)
+    cores: list[float | None] = dataclasses.field(default_factory=list)
     note: str = ""
 
     @property
@@ -497,28 +502,48 @@ class Timing:
         return min(self.seconds)
 
     @property
+    def best_cores(self) -> float | None:
+        """Cores busy on average during the best run (CPU seconds of the process tree / wall)."""
+        return self.cores[self.seconds.index(self.best)]
+
+    @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
 
-def _timed_call(contestant: Contestant, n: int) -> tuple[float, Any]:
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its children that have been reaped."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed_call(contestant: Contestant, n: int) -> tuple[float, float, Any]:
+    """Wall seconds, cores busy on average, and the result of one call on ``n`` items.
+
+    Pools are joined by the time the call (and ``after``) returns, so their workers' CPU time is
+    in ``RUSAGE_CHILDREN``. Cores near 2.0 with a poor speed-up mean the CPU itself ran slower.
+    """
     gc.collect()
+    cpu = _cpu_seconds()
     started = time.perf_counter()
     result = contestant.run(n)
     seconds = time.perf_counter() - started
     if contestant.after is not None:
         contestant.after()
-    return seconds, result
+    return seconds, (_cpu_seconds() - cpu) / seconds, result
 
 
-def _call(contestant: Contestant, n: int) -> tuple[float, Any]:
-    """Time one call on ``n`` items (or extrapolate it); return the seconds and the result."""
+def _call(contestant: Contestant, n: int) -> tuple[float, float | None, Any]:
+    """Time one call on ``n`` items (or extrapolate it): seconds, cores busy, result."""
     if contestant.extrapolate is None:
         return _timed_call(contestant, n)
     n1, n2 = (max(1, round(n * fraction)) for fraction in contestant.extrapolate)
-    t1, _ = _timed_call(contestant, n1)
-    t2, _ = _timed_call(contestant, n2)
-    return t1 + (t2 - t1) * (n - n1) / (n2 - n1), None
+    t1, _, _ = _timed_call(contestant, n1)
+    t2, _, _ = _timed_call(contestant, n2)
+    return t1 + (t2 - t1) * (n - n1) / (n2 - n1), None, None
 
 
 def measure(contestants: Sequence[Contestant], n: int, *, repeats: int, warmup: int) -> list[Timing]:
@@ -544,8 +569,9 @@ def measure(contestants: Sequence[Contestant], n: int, *, repeats: int, warmup: 
         for contestant, timing in zip(contestants, timings, strict=True):
             if round_ and "timed once" in timing.note:
                 continue
-            seconds, result = _call(contestant, n)
+            seconds, cores, result = _call(contestant, n)
             timing.seconds.append(seconds)
+            timing.cores.append(cores)
             if contestant.extrapolate is not None:
                 continue
             if expected is None:
@@ -610,8 +636,13 @@ class PeakPss:
                 return
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def w5_child(name: str, n: int) -> None:
     """``--w5-child``: run one W5 contestant and print its time and result as JSON."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.perf_counter()
     result = w5_run(name, n)
     seconds = time.perf_counter() - started
@@ -635,10 +666,14 @@ def w5_in_subprocess(name: str, n: int) -> tuple[float | None, int, int | None]:
         try:
             out, _ = process.communicate(timeout=w5_timeout(n))
         except subprocess.TimeoutExpired:
-            for pid in reversed(tree_pids(process.pid)):  # our child and the workers it started
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            process.communicate()
+            process.terminate()  # the child turns it into SystemExit: its pool cleans up
+            try:
+                process.communicate(timeout=W5_STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                for pid in reversed(tree_pids(process.pid)):  # our child and what it started
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.communicate()
             return None, sampler.peak, None
     if process.returncode != 0:
         raise SystemExit(f"W5 child {name!r} n={n} failed with exit code {process.returncode}")
@@ -737,14 +772,21 @@ def run_workload(workload: Workload, *, quick: bool, repeats: int) -> tuple[dict
     mad = timings[-1]
     peers = [t for t in timings if t.peer]
     best_peer = min(peers, key=lambda t: t.best)
-    print(f"  {'contestant':<26}{'best s':>10}{'median s':>10}{workload.metric:>12}")
+    print(f"  {'contestant':<26}{'best s':>10}{'median s':>10}{workload.metric:>12}{'cores':>7}")
     rows = {}
     for t in timings:
         value = figure(workload.metric, n, t.best, serial.best)
-        rows[t.name] = {"seconds": t.seconds, "best": t.best, "figure": value, "note": t.note}
+        rows[t.name] = {
+            "seconds": t.seconds,
+            "cores_busy": t.cores,
+            "best": t.best,
+            "figure": value,
+            "note": t.note,
+        }
+        cores = "-" if t.best_cores is None else f"{t.best_cores:.2f}"
         note = f"  ({t.note})" if t.note else ""
-        line = f"  {t.name:<26}{t.best:>10.3f}{t.median:>10.3f}{show(workload.metric, value):>12}"
-        print(line + note)
+        figure_cell = show(workload.metric, value)
+        print(f"  {t.name:<26}{t.best:>10.3f}{t.median:>10.3f}{figure_cell:>12}{cores:>7}{note}")
     vs_peer, vs_serial = best_peer.best / mad.best, serial.best / mad.best
     print(
         f"  madhatter: {vs_peer:.2f}x the speed of the best peer ({best_peer.name}), "

@@ -81,6 +81,9 @@ class Engine(abc.ABC):
       planner checks functions can be; the runner weighs pickling cost against compute cost).
     * ``target_task_seconds``: how long a task should run to amortise the engine's hand-off cost
       while still balancing load; the runner sizes automatic chunks to it.
+    * ``tasks_per_worker``: how many tasks the runner keeps submitted per worker, so a worker can
+      start its next task without waiting for the driver (a step capped by ``n`` below the
+      engine's workers gets exactly ``n``, so the cap holds).
 
     Engines are context managers: leaving the ``with`` block shuts the engine down, cancelling
     pending work if the block raised.
@@ -89,6 +92,7 @@ class Engine(abc.ABC):
     name: ClassVar[str]
     ships_data: ClassVar[bool] = True
     target_task_seconds: ClassVar[float] = 0.05
+    tasks_per_worker: ClassVar[int] = 1
 
     @property
     @abc.abstractmethod

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, wait
 from threading import Event as ThreadingEvent
 from typing import Any
 
@@ -118,6 +119,7 @@ class RunContext:
         self._skipped: list[SkippedItem] = []
         self._stats: dict[str, StepStats] = {}
         self.driver_threads: list[Future[TaskResult]] = []
+        self.completed: queue.SimpleQueue[Future[TaskResult]] = queue.SimpleQueue()
         self.futures: dict[Future[TaskResult], tuple[StageRunner, Job]] = {}
 
     @property
@@ -137,6 +139,21 @@ class RunContext:
 
     def track(self, future: Future[TaskResult], runner: StageRunner, job: Job) -> None:
         self.futures[future] = (runner, job)
+        future.add_done_callback(self.completed.put)
+
+    def take_completed(self, timeout: float | None, *, block: bool) -> list[Future[TaskResult]]:
+        """Futures that finished since the last call; with ``block``, wait up to ``timeout`` for
+        the first. O(1) per completion, unlike ``concurrent.futures.wait`` (O(futures) per call,
+        which cost W4's 64 threads a fifth of their time)."""
+        done: list[Future[TaskResult]] = []
+        try:
+            if block:
+                done.append(self.completed.get(timeout=timeout))
+            while True:
+                done.append(self.completed.get_nowait())
+        except queue.Empty:
+            pass
+        return done
 
     def check_cancelled(self) -> None:
         if self._cancel is not None and self._cancel.is_set():
@@ -267,10 +284,18 @@ class Scheduler:
         return collector.items
 
     def _stream(self, reader: ChannelReader) -> Iterator[Any]:
+        """The items of ``reader``, lazily, driving the run whenever the next chunk is not ready.
+
+        Chained at C level (``chain.from_iterable`` over whole chunks): a per-item generator
+        step would cost a third of a cheap step's time (W5 of the benchmarks).
+        """
+        return itertools.chain.from_iterable(self._stream_chunks(reader))
+
+    def _stream_chunks(self, reader: ChannelReader) -> Iterator[list[Any]]:
         while True:
             chunk = reader.read_chunk()
             if chunk is not None:
-                yield from chunk
+                yield chunk
             elif reader.exhausted:
                 return
             else:
@@ -375,11 +400,7 @@ class Scheduler:
                     run.relaxed = True  # every producer waits on a full buffer: let them grow
                     continue
                 raise RuntimeError("madhatter internal error: the run stalled with no work to do")
-            if progressed:
-                done = [future for future in run.futures if future.done()]
-            else:
-                done = list(wait(run.futures, self._wait_seconds(), FIRST_COMPLETED).done)
-            for future in done:
+            for future in run.take_completed(self._wait_seconds(), block=not progressed):
                 runner, job = run.futures.pop(future)
                 runner.on_done(future, job)
 

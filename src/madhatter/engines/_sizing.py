@@ -28,7 +28,7 @@ two workers, parallel time per item is about c/2 + s, which beats c by 20 % only
 MIN_SHIPPED_ITEM_SECONDS = 2e-6
 """Below this compute time per item, even a thread hand-off is not worth it."""
 
-INLINE_TARGET_SECONDS = 0.01
+INLINE_TARGET_SECONDS = 0.002
 """Chunk length for steps run in the driver: fine-grained progress, negligible bookkeeping."""
 
 MAX_CHUNK_ITEMS = 100_000

@@ -48,6 +48,9 @@ from .serial import run_in_thread
 Mode = Literal["probe", "inline", "ship"]
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
+SLOW_CHUNKS_BEFORE_SHIPPING = 3
+"""A step running in the driver moves to the engine only after this many chunks in a row were
+worth shipping: one chunk slowed by a busy machine must not decide (seen on W5 under load)."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
 
@@ -193,17 +196,22 @@ class StageRunner:
     ) -> None:
         self.stage, self.task, self.reader, self.output = stage, task, reader, output
         self.engine, self.run = engine, run
-        self.window = min(stage.n or engine.workers, engine.workers)
+        if stage.n is not None and stage.n < engine.workers:
+            self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
+        else:
+            self.window = engine.workers * engine.tasks_per_worker
         if getattr(engine, "runs_inline", False):
             self.mode: Mode = "inline"
         else:
             self.mode = "probe" if inline_allowed else "ship"
         target = INLINE_TARGET_SECONDS if self.mode != "ship" else engine.target_task_seconds
-        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=self.window)
+        concurrency = min(stage.n or engine.workers, engine.workers)
+        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
         self.sizer.total = reader.total
         self.finished = False
         self._adaptive = self.mode == "probe"
         self._transfer = 0.0
+        self._slow_chunks = 0
         self._probe_items = 0
         self._probe_seconds = 0.0
         self._next_index = 0
@@ -321,8 +329,12 @@ class StageRunner:
         self._completed(job, result)
         if self.mode == "probe":
             self._probe(job, outcome, result.seconds)
-        elif self._adaptive and shipping_pays_off(self.sizer.per_item or 0.0, self._transfer):
-            self._switch_to_shipping()
+        elif self._adaptive:
+            per_item = result.seconds / max(1, len(job.items))
+            slow = shipping_pays_off(per_item, self._transfer)
+            self._slow_chunks = self._slow_chunks + 1 if slow else 0
+            if self._slow_chunks >= SLOW_CHUNKS_BEFORE_SHIPPING:
+                self._switch_to_shipping()
 
     def _probe(self, job: Job, outcome: ChunkOutcome, seconds: float) -> None:
         self._probe_items += len(job.items)

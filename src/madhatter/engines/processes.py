@@ -37,24 +37,39 @@ KILL_GRACE_SECONDS = 1.0
 worker is killed."""
 
 
+TASKS_PER_WORKER = 2
+"""A worker holds its running task and the next one, waiting in its pipe, so it never idles
+for a round trip through the driver between two tasks (W1/W3 of the benchmarks)."""
+
+PREFETCH_MAX_BYTES = 32 * 1024
+"""A waiting task must fit in the pipe's buffer: a larger one would block the management thread
+until the worker, still busy, read it."""
+
+
 @dataclasses.dataclass
 class _Pending:
     task: Task
     future: Future[TaskResult]
     argument: bytes
+    sent: bool = False  # sent to a worker before (its future is already running)
 
 
 @dataclasses.dataclass
 class _Worker:
     process: Any  # multiprocessing.Process (its type differs per start method)
     conn: Connection
-    current: _Pending | None = None
-    started: float = 0.0
+    tasks: collections.deque[_Pending] = dataclasses.field(default_factory=collections.deque)
+    started: float = 0.0  # when tasks[0] started running
     functions: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def name(self) -> str:
         return f"pid-{self.process.pid}"
+
+    @property
+    def current(self) -> _Pending | None:
+        """The task the worker is running (the first it was sent and has not answered)."""
+        return self.tasks[0] if self.tasks else None
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -76,6 +91,7 @@ class ProcessesEngine(Engine):
     name = "processes"
     ships_data = True
     target_task_seconds = 0.05
+    tasks_per_worker = TASKS_PER_WORKER
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None) -> None:
         self._size = workers or os.cpu_count() or 1
@@ -162,7 +178,7 @@ class ProcessesEngine(Engine):
             with self._lock:
                 self._closing = self._cancelling = True
                 doomed = [p.future for p in self._queue] + [
-                    w.current.future for w in self._workers if w.current is not None
+                    p.future for w in self._workers for p in w.tasks
                 ]
                 self._queue.clear()
             for future in doomed:
@@ -181,7 +197,8 @@ class ProcessesEngine(Engine):
                 return False
             if self._cancelling:
                 for worker in busy:
-                    self._fail(worker, TaskLost("the run was cancelled"))
+                    while worker.tasks:
+                        self._fail_first(worker, TaskLost("the run was cancelled"))
                     self._kill(worker)
                 return True
         waitables: list[Any] = [self._wake_read]
@@ -193,19 +210,28 @@ class ProcessesEngine(Engine):
         if self._wake_read in ready:
             os.read(self._wake_read, 4096)
         for worker in list(self._workers):
-            if worker.current is not None and (worker.conn in ready or worker.conn.poll()):
-                self._collect(worker)
+            while worker.tasks and (worker.conn in ready or worker.conn.poll()):
+                if not self._collect(worker):
+                    break
+                ready = [r for r in ready if r is not worker.conn]
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 self._replace(worker)
         self._enforce_timeouts()
         return True
 
     def _dispatch(self) -> None:
+        """Idle workers first get a task each; then each gets one more to hold in its pipe."""
         with self._lock:
-            for worker in self._workers:
-                while worker.current is None and self._queue:
+            for depth in range(TASKS_PER_WORKER):
+                for worker in self._workers:
+                    if not self._queue:
+                        return
+                    if len(worker.tasks) != depth:
+                        continue
+                    if depth and len(self._queue[0].argument) > PREFETCH_MAX_BYTES:
+                        continue
                     pending = self._queue.popleft()
-                    if pending.future.set_running_or_notify_cancel():
+                    if pending.sent or pending.future.set_running_or_notify_cancel():
                         self._send(worker, pending)
 
     def _send(self, worker: _Worker, pending: _Pending) -> None:
@@ -215,20 +241,23 @@ class ProcessesEngine(Engine):
             function_bytes = self._functions[task.function_key]
             worker.functions.add(task.function_key)
         message = dumps_data((task.key, task.function_key, function_bytes, pending.argument))
-        worker.current, worker.started = pending, time.monotonic()
+        pending.sent = True
+        worker.tasks.append(pending)
+        if len(worker.tasks) == 1:
+            worker.started = time.monotonic()
         try:
             worker.conn.send_bytes(message)
         except OSError:
             pass  # the worker is dead; its sentinel says so and _replace fails the task
 
-    def _collect(self, worker: _Worker) -> None:
-        pending = worker.current
-        assert pending is not None
+    def _collect(self, worker: _Worker) -> bool:
+        """Read the answer to the worker's running task; False if the worker died instead."""
         try:
             message = worker.conn.recv_bytes()
         except (EOFError, OSError):
-            return  # died while answering: _replace reports it
-        worker.current = None
+            return False  # died while answering: _replace reports it
+        pending = worker.tasks.popleft()
+        worker.started = time.monotonic()  # the next task, if any, starts now
         try:
             _key, ok, value, started, seconds = loads(message)
         except Exception as exc:  # e.g. an exception class whose __init__ rejects its own args
@@ -237,17 +266,22 @@ class ProcessesEngine(Engine):
             )
             if not pending.future.done():
                 pending.future.set_exception(error)
-            return
+            return True
         if pending.future.done():
-            return
+            return True
         if ok:
             pending.future.set_result(TaskResult(value, worker.name, started, seconds))
         else:
             pending.future.set_exception(value)
+        return True
 
     def _replace(self, worker: _Worker) -> None:
         worker.process.join(timeout=1)
-        self._fail(worker, TaskLost(f"worker {worker.name} {_describe_exit(worker.process.exitcode)}"))
+        detail = f"worker {worker.name} {_describe_exit(worker.process.exitcode)}"
+        with self._lock:
+            if worker.tasks:
+                self._fail_first(worker, TaskLost(detail))
+            self._requeue(worker)
         worker.conn.close()
         with self._lock:
             index = self._workers.index(worker)
@@ -256,10 +290,15 @@ class ProcessesEngine(Engine):
             else:
                 self._workers[index] = self._spawn()
 
-    def _fail(self, worker: _Worker, error: BaseException) -> None:
-        pending, worker.current = worker.current, None
-        if pending is not None and not pending.future.done():
+    def _fail_first(self, worker: _Worker, error: BaseException) -> None:
+        pending = worker.tasks.popleft()
+        if not pending.future.done():
             pending.future.set_exception(error)
+
+    def _requeue(self, worker: _Worker) -> None:
+        """Put the tasks waiting in a lost worker's pipe back at the front of the queue."""
+        while worker.tasks:
+            self._queue.appendleft(worker.tasks.pop())
 
     def _kill(self, worker: _Worker) -> None:
         if worker.process.is_alive():
@@ -280,7 +319,9 @@ class ProcessesEngine(Engine):
             if pending is None or pending.task.timeout is None:
                 continue
             if now - worker.started > pending.task.timeout + KILL_GRACE_SECONDS:
-                self._fail(worker, TaskTimedOut(pending.task.timeout))
+                with self._lock:
+                    self._fail_first(worker, TaskTimedOut(pending.task.timeout))
+                    self._requeue(worker)
                 self._kill(worker)
 
     def _stop_workers(self) -> None:

@@ -22,6 +22,7 @@ class ThreadsEngine(Engine):
     name = "threads"
     ships_data = False
     target_task_seconds = 0.005
+    tasks_per_worker = 2
 
     def __init__(self, workers: int | None = None) -> None:
         self._size = workers or min(32, (os.cpu_count() or 1) + 4)
