@@ -14,12 +14,13 @@ Per-worker ``setup`` runs once per (run, step, worker thread) and is cached here
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import reprlib
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -126,10 +127,12 @@ def user_traceback(exc: BaseException) -> str:
 
 def _apply(op: ChainOp, items: list[Any], kwargs: dict[str, Any]) -> list[Any]:
     func = op.func
+    # Comprehensions, not map()/filter(): since Python 3.11 a call from bytecode to a Python
+    # function skips the C-level call that map() pays for each item (~10 % on W2's x*2+1).
     if op.kind == "map":
-        return list(map(func, items)) if not kwargs else [func(x, **kwargs) for x in items]
+        return [func(x) for x in items] if not kwargs else [func(x, **kwargs) for x in items]
     if op.kind == "filter":
-        return list(filter(func, items)) if not kwargs else [x for x in items if func(x, **kwargs)]
+        return [x for x in items if func(x)] if not kwargs else [x for x in items if func(x, **kwargs)]
     result = func(items, **kwargs)
     if result is None or isinstance(result, (str, bytes)):
         raise TypeError(
@@ -182,11 +185,8 @@ class ChainTask:
     ) -> list[Any]:
         """Run consecutive plain map steps as one pass over the chunk (no list in between)."""
         started = time.perf_counter()
-        stream: Iterator[Any] = iter(items)
-        for op in group:
-            stream = map(op.func, stream)
         try:
-            outputs = list(stream)
+            outputs = _composed(tuple(op.func for op in group))(items)
         except TaskTimedOut:
             raise
         except Exception as exc:
@@ -235,6 +235,18 @@ def _passes(ops: tuple[ChainOp, ...]) -> list[tuple[ChainOp, ...]]:
         else:
             groups.append((op,))
     return groups
+
+
+@functools.lru_cache(maxsize=256)
+def _composed(funcs: tuple[Callable[..., Any], ...]) -> Callable[[list[Any]], list[Any]]:
+    """``[fn(...f1(f0(x))) for x in items]`` compiled for these functions: one pass, no list in
+    between, and each call made from bytecode (see ``_apply``). Built like namedtuple's methods."""
+    names = {f"f{i}": func for i, func in enumerate(funcs)}
+    call = "x"
+    for name in names:
+        call = f"{name}({call})"
+    composed: Callable[[list[Any]], list[Any]] = eval(f"lambda items: [{call} for x in items]", names)
+    return composed
 
 
 def _culprit(group: tuple[ChainOp, ...], exc: BaseException) -> ChainOp:

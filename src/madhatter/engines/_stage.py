@@ -344,6 +344,7 @@ class StageRunner:
         if self.engine.ships_data:
             self._transfer = transfer_seconds_per_item(job.items, outcome.outputs)
         per_item = self._probe_seconds / max(1, self._probe_items)
+        self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
         if shipping_pays_off(per_item, self._transfer):
             self._switch_to_shipping()
         else:
