@@ -6,6 +6,7 @@ Decorate plain functions (``@preprocess``, ``@parallel``, ``@depends``, ``@postp
 
 from ._errors import (
     CycleError,
+    EngineError,
     MadhatterError,
     MissingExtraError,
     ParameterError,
@@ -26,6 +27,7 @@ from .engines._runner import RunReport
 
 __all__ = [
     "CycleError",
+    "EngineError",
     "MadhatterError",
     "MissingExtraError",
     "ParameterError",

@@ -9,6 +9,7 @@ The tree::
     │   └── ParameterError           a run parameter is unknown or cannot be converted
     ├── UnknownEngineError           no engine has that name
     ├── MissingExtraError            the engine needs an optional extra that is not installed
+    ├── EngineError                  an engine cannot start or reach its cluster
     └── RunError                     something went wrong while the pipeline ran
         ├── StepFailed               a step's function raised on one chunk
         ├── WorkerLost               the worker process running a chunk died
@@ -67,6 +68,10 @@ class UnknownEngineError(MadhatterError, ValueError):
 
 class MissingExtraError(MadhatterError, ImportError):
     """An engine needs an optional extra (``pip install 'madhatter[dask]'``) that is missing."""
+
+
+class EngineError(MadhatterError):
+    """An engine cannot start, reach its cluster, or use the workers it found there."""
 
 
 class RunError(MadhatterError):

@@ -32,6 +32,11 @@ def add_run_command(commands: Any) -> None:
     )
     parser.add_argument("--workers", type=int, help="the engine's pool size (default: per engine)")
     parser.add_argument(
+        "--address",
+        metavar="URL",
+        help="a cluster to run on, for cluster engines (e.g. tcp://scheduler:8786 for dask)",
+    )
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
@@ -67,6 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
             params=params,
             listeners=listeners,
             inline=args.inline,
+            **({"address": args.address} if args.address else {}),
         )
     for item in report.skipped[:SKIPPED_SHOWN]:
         print(f"skipped in step {item.step} (chunk {item.chunk}): {item.error}", file=sys.stderr)

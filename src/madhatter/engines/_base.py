@@ -130,6 +130,7 @@ _ENGINES: dict[str, str] = {
     "serial": "madhatter.engines.serial:SerialEngine",
     "threads": "madhatter.engines.threads:ThreadsEngine",
     "processes": "madhatter.engines.processes:ProcessesEngine",
+    "dask": "madhatter.engines.dask:DaskEngine",
 }
 
 

@@ -1,0 +1,185 @@
+"""The dask engine against a real cluster: a scheduler and two workers as separate processes."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import cloudpickle
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+import madhatter  # noqa: E402
+from madhatter import Pipeline, depends, parallel, postprocess, preprocess  # noqa: E402
+from madhatter.events import ChunkDone, Event  # noqa: E402
+from madhatter.testing import RecordingListener  # noqa: E402
+
+# The workers cannot import this test module: ship its functions by value, as a user would for a
+# script the workers do not have (``madhatter run FILE`` does this for the file it runs).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _example(name: str) -> Pipeline:
+    return Pipeline.from_module(str(ROOT / "examples" / f"{name}.py"))
+
+
+@pytest.mark.parametrize(
+    ("example", "params"),
+    [("hello", {}), ("words", {"files": 40}), ("primes", {"limit": 1_000_000, "block": 50_000})],
+)
+def test_examples_match_the_serial_engine(
+    dask_cluster: Any, example: str, params: dict[str, Any]
+) -> None:
+    pipeline = _example(example)
+    expected = pipeline.run(engine="serial", params=params)
+    got = pipeline.run(engine="dask", address=dask_cluster.address, params=params, inline=False)
+    assert got == expected
+
+
+@preprocess
+def numbers() -> list[int]:
+    return list(range(30))
+
+
+@depends(numbers)
+@parallel.map(chunk_by=4)
+def squares(x: int) -> int:
+    return x * x
+
+
+@depends(numbers)
+@parallel.filter(chunk_by=3)
+def odd(x: int) -> bool:
+    return x % 2 == 1
+
+
+@depends(squares, odd)
+@postprocess
+def combined(all_squares: list[int], odds: list[int]) -> tuple[int, list[int]]:
+    return sum(all_squares), odds
+
+
+def test_fan_out_and_fan_in_match_serial(dask_cluster: Any) -> None:
+    pipeline = Pipeline([numbers, squares, odd, combined])
+    expected = pipeline.run(engine="serial")
+    assert pipeline.run(engine="dask", address=dask_cluster.address, inline=False) == expected
+    assert expected == (sum(x * x for x in range(30)), list(range(1, 30, 2)))
+
+
+@depends(numbers)
+@parallel.map(chunk_by=3)
+def boom(x: int) -> int:
+    if x == 7:
+        raise ValueError("cannot handle 7")
+    return x
+
+
+def test_a_step_error_names_the_step_chunk_and_traceback(dask_cluster: Any) -> None:
+    with pytest.raises(madhatter.StepFailed) as caught:
+        madhatter.run(boom, engine="dask", address=dask_cluster.address, inline=False)
+    error = caught.value
+    assert (error.step, error.chunk, error.preview) == ("boom", 2, "[6, 7, 8]")
+    assert "ValueError: cannot handle 7" in error.remote_traceback
+    assert ", in boom" in error.remote_traceback
+    assert isinstance(error.__cause__, ValueError)
+
+
+@preprocess
+def forty() -> list[int]:
+    return list(range(40))
+
+
+@depends(forty)
+@parallel.map(chunk_by=1)
+def slow_double(x: int) -> int:
+    time.sleep(0.05)
+    return 2 * x
+
+
+class KillAfter:
+    """A listener that SIGKILLs a worker process once ``after`` chunks are done."""
+
+    def __init__(self, worker: subprocess.Popen[bytes], after: int) -> None:
+        self.worker, self.after, self.done = worker, after, 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ChunkDone):
+            self.done += 1
+            if self.done == self.after:
+                os.kill(self.worker.pid, signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(own_dask_cluster: Any) -> None:
+    victim = own_dask_cluster.workers[0]
+    events = RecordingListener()
+    killer = KillAfter(victim, after=4)
+    result = madhatter.run(
+        slow_double,
+        engine="dask",
+        address=own_dask_cluster.address,
+        inline=False,
+        listeners=[killer, events],
+    )
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    assert killer.done > killer.after  # the run went on after the kill
+    assert result == [2 * x for x in range(40)]
+    chunks = [e.chunk for e in events.of_type(ChunkDone)]  # type: ignore[attr-defined]
+    assert sorted(chunks) == list(range(40))  # each chunk reported exactly once
+
+
+@depends(numbers)
+@parallel.map(chunk_by=30, timeout=0.3)
+def too_slow(x: int) -> int:
+    time.sleep(1.0)
+    return x
+
+
+def test_a_timeout_fails_the_chunk_with_task_timeout(own_dask_cluster: Any) -> None:
+    with pytest.raises(madhatter.TaskTimeout, match="too_slow"):
+        madhatter.run(too_slow, engine="dask", address=own_dask_cluster.address)
+
+
+def test_a_local_cluster_is_started_for_the_run_and_stopped_after(
+    child_pids: Any, wait_until: Any
+) -> None:
+    def children() -> set[int]:
+        # multiprocessing's resource tracker, started on first use, lives as long as this
+        # interpreter by design; it is not part of the cluster.
+        return {pid for pid in child_pids() if "resource_tracker" not in _cmdline(pid)}
+
+    before = children()
+    pipeline = Pipeline([numbers, squares, odd, combined])
+    assert pipeline.run(engine="dask", workers=2, inline=False) == pipeline.run(engine="serial")
+    assert wait_until(lambda: children() <= before, timeout=20), "local cluster left running"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def test_the_cli_runs_on_a_dask_cluster(dask_cluster: Any) -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "madhatter", "run", str(ROOT / "examples" / "hello.py"),
+            "--engine", "dask", "--address", dask_cluster.address, "--no-inline", "--quiet",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2, 3, 4]"
+
+
+def test_an_unreachable_scheduler_is_a_clear_error() -> None:
+    with pytest.raises(madhatter.EngineError, match="cannot reach the Dask scheduler"):
+        madhatter.run(numbers, engine="dask", address="tcp://127.0.0.1:9", inline=False)
