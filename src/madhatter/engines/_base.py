@@ -36,6 +36,14 @@ class Task:
         argument: the task's input.
         timeout: seconds the task may run once started, or ``None``.
         resources: engine-specific requests (``cpus``, ``memory``, ``image``, ...).
+        retries: how often the engine may rerun the task after it failed, for engines with their
+            own retry (``handles_retries``); other engines get 0 and the runner retries.
+        keep_output: for engines that ``keeps_results``: the function returns a pair
+            ``(summary, output)``; the engine brings back ``summary`` and leaves ``output`` on
+            the cluster, answering ``(summary, Remote(...))``.
+
+    ``argument`` is a tuple; any element of it may be a :class:`Remote` from an earlier task of
+    the same engine, which the engine replaces by the value itself on the worker.
     """
 
     key: str
@@ -44,6 +52,17 @@ class Task:
     argument: Any
     timeout: float | None = None
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    retries: int = 0
+    keep_output: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """A task's output left on a cluster: ``handle`` is the engine's own reference to it (a Dask
+    future, a Ray object ref), ``count`` the number of items in it."""
+
+    handle: Any
+    count: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +103,10 @@ class Engine(abc.ABC):
     * ``tasks_per_worker``: how many tasks the runner keeps submitted per worker, so a worker can
       start its next task without waiting for the driver (a step capped by ``n`` below the
       engine's workers gets exactly ``n``, so the cap holds).
+    * ``handles_retries``: the engine reruns a failed task itself (``Task.retries``); the runner
+      then does not retry on top of it.
+    * ``keeps_results``: the engine can leave a task's output on its cluster (``Task.keep_output``)
+      for later tasks to read there, so data between steps never goes through the driver.
 
     Engines are context managers: leaving the ``with`` block shuts the engine down, cancelling
     pending work if the block raised.
@@ -93,6 +116,8 @@ class Engine(abc.ABC):
     ships_data: ClassVar[bool] = True
     target_task_seconds: ClassVar[float] = 0.05
     tasks_per_worker: ClassVar[int] = 1
+    handles_retries: ClassVar[bool] = False
+    keeps_results: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -131,6 +156,7 @@ _ENGINES: dict[str, str] = {
     "threads": "madhatter.engines.threads:ThreadsEngine",
     "processes": "madhatter.engines.processes:ProcessesEngine",
     "dask": "madhatter.engines.dask:DaskEngine",
+    "ray": "madhatter.engines.ray:RayEngine",
 }
 
 
