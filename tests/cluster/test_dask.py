@@ -171,3 +171,52 @@ def test_the_cli_runs_on_a_dask_cluster(dask_cluster: Any) -> None:
 def test_an_unreachable_scheduler_is_a_clear_error() -> None:
     with pytest.raises(madhatter.EngineError, match="cannot reach the Dask scheduler"):
         madhatter.run(numbers, engine="dask", address="tcp://127.0.0.1:9", inline=False)
+
+
+class Tracked:
+    """An item that writes the pid of every process that unpickles it to a log file."""
+
+    def __init__(self, value: int, log: str) -> None:
+        self.value, self.log = value, log
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpickle_tracked, (self.value, self.log))
+
+
+def _unpickle_tracked(value: int, log: str) -> Tracked:
+    with open(log, "a") as file:
+        file.write(f"{os.getpid()}\n")
+    return Tracked(value, log)
+
+
+@preprocess
+def logged_values(log: str = "") -> list[tuple[int, str]]:
+    return [(i, log) for i in range(20)]
+
+
+@depends(logged_values)
+@parallel.map(chunk_by=5)
+def wrap(pair: tuple[int, str]) -> Tracked:
+    return Tracked(*pair)
+
+
+@depends(wrap)
+@parallel.map(chunk_by=3)  # another chunk size: not fused with wrap, a separate stage
+def unwrap(item: Tracked) -> int:
+    return item.value * 2
+
+
+@pytest.mark.parametrize("engine", ["dask", "processes"])
+def test_output_between_unfused_steps_stays_on_the_cluster(
+    dask_cluster: Any, engine: str, tmp_path: pathlib.Path
+) -> None:
+    log = tmp_path / "unpickled-by.log"
+    log.touch()
+    pipeline = Pipeline([logged_values, wrap, unwrap])
+    assert [stage.name for stage in pipeline.plan().stages] == ["logged_values", "wrap", "unwrap"]
+    options = {"address": dask_cluster.address} if engine == "dask" else {"workers": 2}
+    result = pipeline.run(engine=engine, inline=False, params={"log": str(log)}, **options)
+    assert result == [2 * i for i in range(20)]
+    unpickled_in_driver = str(os.getpid()) in log.read_text().split()
+    # The processes engine brings every chunk back to the driver (the control); Dask must not.
+    assert unpickled_in_driver == (engine == "processes")

@@ -211,6 +211,18 @@ class ChainTask:
         return outputs
 
 
+@dataclasses.dataclass(frozen=True)
+class KeepOutput:
+    """A chain task whose outputs may stay on the cluster (``Task.keep_output``): it returns
+    ``(summary, outputs)``, the summary being the outcome without its outputs."""
+
+    task: ChainTask
+
+    def __call__(self, argument: tuple[int, list[Any]]) -> tuple[ChunkOutcome, list[Any]]:
+        outcome = self.task(argument)
+        return dataclasses.replace(outcome, outputs=[]), outcome.outputs
+
+
 def _composable(op: ChainOp) -> bool:
     return (
         op.kind == "map"

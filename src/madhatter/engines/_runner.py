@@ -37,7 +37,7 @@ from .._events import (
     StepStarted,
 )
 from ..graph import Plan, Stage
-from ._base import Engine, TaskResult, engine_class, get_engine
+from ._base import Engine, Remote, TaskResult, engine_class, get_engine
 from ._chain import (
     ChainOp,
     ChainTask,
@@ -178,6 +178,8 @@ class _Collector:
         if self.reader.exhausted:
             return False
         items = self.reader.read(max(1, self.reader.available()))
+        if isinstance(items, Remote):
+            raise RuntimeError("madhatter internal error: a driver-side reader got a remote chunk")
         self.items.extend(items)
         return bool(items)
 
@@ -318,6 +320,8 @@ class Scheduler:
         output = self.channels[stage.name] = Channel(readers)
         upstream = self.plan.stage(stage.upstreams[0])
         reader: Reader
+        engine = self.engines.get(stage.first.engine)
+        upstream_remote = False
         if upstream.kind == "driver":
             value = self.evaluate(upstream)
             if not _is_iterable(value):
@@ -328,7 +332,7 @@ class Scheduler:
             reader = IterableReader(value, upstream.first.name)
         else:
             reader = self._channel_reader(upstream)
-        engine = self.engines.get(stage.first.engine)
+            upstream_remote = self.runners[upstream.name].keep_output
         runner = StageRunner(
             stage,
             self._task(stage),
@@ -336,10 +340,24 @@ class Scheduler:
             output,
             engine,
             self.run,
-            inline_allowed=self.inline and _may_run_inline(stage),
+            inline_allowed=self.inline and _may_run_inline(stage) and not upstream_remote,
+            keep_output=self._keeps_output(stage, engine),
         )
         self.runners[stage.name] = runner
         return runner
+
+    def _keeps_output(self, stage: Stage, engine: Engine) -> bool:
+        """Whether ``stage``'s output can stay on ``engine``'s cluster: the engine can keep
+        results, and only parallel stages on that same engine read them."""
+        consumers = self.plan.consumers(stage.name)
+        return (
+            engine.keeps_results
+            and stage.name != self.plan.output
+            and bool(consumers)
+            and all(
+                c.kind == "parallel" and self.engines.get(c.first.engine) is engine for c in consumers
+            )
+        )
 
     def _task(self, stage: Stage) -> ChainTask:
         ops = tuple(

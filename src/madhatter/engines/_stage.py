@@ -33,9 +33,9 @@ from .._events import (
     StepTotalKnown,
 )
 from ..graph import Stage
-from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
-from ._chain import ChainTask, ChunkOutcome, preview, user_traceback
-from ._channel import Channel
+from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut
+from ._chain import ChainTask, ChunkOutcome, KeepOutput, preview, user_traceback
+from ._channel import Channel, Chunk, chunk_size
 from ._sizing import (
     INLINE_TARGET_SECONDS,
     PROBE_SECONDS,
@@ -64,8 +64,8 @@ class Reader(Protocol):
     def available(self) -> int:
         """Items readable right now (a lower bound)."""
 
-    def read(self, count: int) -> list[Any]:
-        """Up to ``count`` items."""
+    def read(self, count: int) -> Chunk:
+        """Up to ``count`` items (or a remote chunk, whole)."""
 
     @property
     def exhausted(self) -> bool:
@@ -129,7 +129,7 @@ class ChannelReader:
     def available(self) -> int:
         return self._channel.available(self._reader)
 
-    def read(self, count: int) -> list[Any]:
+    def read(self, count: int) -> Chunk:
         return self._channel.read(self._reader, count)
 
     def read_chunk(self) -> list[Any] | None:
@@ -149,9 +149,21 @@ class Job:
     """One chunk of a stage, as launched (``attempt`` 0 first, then 1, 2, ... for retries)."""
 
     index: int
-    items: list[Any]
+    items: Chunk
     attempt: int = 0
     in_driver: bool = False  # running on the driver's probe thread, not on the engine
+    shipped: bool = False  # last launched on the engine (which may retry it itself)
+
+    @property
+    def count(self) -> int:
+        return chunk_size(self.items)
+
+    @property
+    def local_items(self) -> list[Any]:
+        """The items, for running in the driver (never a remote chunk: see ``inline_allowed``)."""
+        if isinstance(self.items, Remote):
+            raise RuntimeError("madhatter internal error: a remote chunk reached the driver")
+        return self.items
 
 
 @dataclasses.dataclass
@@ -193,9 +205,11 @@ class StageRunner:
         run: RunState,
         *,
         inline_allowed: bool,
+        keep_output: bool = False,
     ) -> None:
         self.stage, self.task, self.reader, self.output = stage, task, reader, output
         self.engine, self.run = engine, run
+        self.keep_output = keep_output  # leave outputs on the engine's cluster for the next stage
         if stage.n is not None and stage.n < engine.workers:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
         else:
@@ -218,7 +232,7 @@ class StageRunner:
         self._next_emit = 0
         self._in_flight = 0
         self._in_driver = 0
-        self._buffer: dict[int, list[Any]] = {}
+        self._buffer: dict[int, Chunk] = {}
         self._retries: list[tuple[float, int, Job]] = []
         self._input_done = False
         self._totals_known = reader.total is not None
@@ -242,10 +256,10 @@ class StageRunner:
             if not self.reader.ready(size) and (self._in_flight or not self.reader.available()):
                 break  # wait for a fuller chunk while the stage still has work out
             items = self.reader.read(size)
-            if len(items) < size and self.reader.exhausted:
+            if chunk_size(items) < size and self.reader.exhausted:
                 self._input_done = True
                 self._announce_totals()
-            if not items:
+            if not chunk_size(items):
                 break
             self._launch(Job(self._next_index, items))
             self._next_index += 1
@@ -282,12 +296,15 @@ class StageRunner:
         if self.mode == "ship":
             task = Task(
                 key=f"{self.run.run_id}/{self.stage.name}/{job.index}/{job.attempt}",
-                function=self.task,
+                function=KeepOutput(self.task) if self.keep_output else self.task,
                 function_key=f"{self.run.run_id}/{self.stage.name}",
                 argument=(job.index, job.items),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
+                retries=self.stage.first.retries if self.engine.handles_retries else 0,
+                keep_output=self.keep_output,
             )
+            job.shipped = True
             try:
                 future = self.engine.submit(task)
             except Exception as exc:
@@ -301,8 +318,12 @@ class StageRunner:
         if self.mode == "probe" and self._probe_items == 0:
             # The first item's cost is unknown: time-box it on a thread, so a slow item starts
             # the engine's workers at once instead of keeping them idle while the driver works.
+            job.shipped = False
             task = Task(
-                f"{self.run.run_id}/{self.stage.name}/probe", self.task, "", (job.index, job.items)
+                f"{self.run.run_id}/{self.stage.name}/probe",
+                self.task,
+                "",
+                (job.index, job.local_items),
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
@@ -318,9 +339,10 @@ class StageRunner:
                 return
             result = future.result()
         else:
+            job.shipped = False
             started, clock = time.time(), time.perf_counter()
             try:
-                outcome = self.task((job.index, job.items))
+                outcome = self.task((job.index, job.local_items))
             except Exception as exc:
                 self._failed(job, exc)
                 return
@@ -330,19 +352,19 @@ class StageRunner:
         if self.mode == "probe":
             self._probe(job, outcome, result.seconds)
         elif self._adaptive:
-            per_item = result.seconds / max(1, len(job.items))
+            per_item = result.seconds / max(1, job.count)
             slow = shipping_pays_off(per_item, self._transfer)
             self._slow_chunks = self._slow_chunks + 1 if slow else 0
             if self._slow_chunks >= SLOW_CHUNKS_BEFORE_SHIPPING:
                 self._switch_to_shipping()
 
     def _probe(self, job: Job, outcome: ChunkOutcome, seconds: float) -> None:
-        self._probe_items += len(job.items)
+        self._probe_items += job.count
         self._probe_seconds += seconds
         if self._probe_seconds < PROBE_SECONDS and not self._input_done:
             return
         if self.engine.ships_data:
-            self._transfer = transfer_seconds_per_item(job.items, outcome.outputs)
+            self._transfer = transfer_seconds_per_item(job.local_items, outcome.outputs)
         per_item = self._probe_seconds / max(1, self._probe_items)
         self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
         if shipping_pays_off(per_item, self._transfer):
@@ -370,8 +392,13 @@ class StageRunner:
             self._completed(job, future.result())
 
     def _completed(self, job: Job, result: TaskResult) -> None:
-        outcome: ChunkOutcome = result.value
-        self.sizer.observe(len(job.items), sum(count.seconds for count in outcome.counts))
+        outputs: Chunk
+        if job.shipped and self.keep_output:
+            outcome, outputs = result.value  # the outputs stayed on the cluster: a Remote
+        else:
+            outcome = result.value
+            outputs = outcome.outputs
+        self.sizer.observe(job.count, sum(count.seconds for count in outcome.counts))
         for step, count in zip(self.stage.steps, outcome.counts, strict=True):
             stats = self.run.stats(step.name)
             stats.items_in += count.items_in
@@ -398,13 +425,14 @@ class StageRunner:
                     ItemSkipped(self.run.run_id, item.step, item.chunk, preview(item.item), item.error)
                 )
         if self.stage.first.ordered:
-            self._buffer[job.index] = outcome.outputs
+            self._buffer[job.index] = outputs
         else:
-            self.output.write(outcome.outputs)
+            self.output.write(outputs)
 
     def _failed(self, job: Job, error: BaseException) -> None:
         public = self._public_error(job, error)
-        if job.attempt >= self.stage.first.retries:
+        retries = 0 if job.shipped and self.engine.handles_retries else self.stage.first.retries
+        if job.attempt >= retries:
             raise public from (error if public is not error else error.__cause__)
         job.attempt += 1
         delay = self.stage.first.retry_delay * 2 ** (job.attempt - 1)

@@ -10,12 +10,17 @@ connects to that cluster and leaves it running. Step functions travel pickled by
 a script's steps need not be importable on the workers. On connecting, the engine checks that
 the workers run the same madhatter and Python (major.minor) as the driver.
 
+Retries are Dask's own (``client.submit(retries=...)``, without ``retry_delay``). When the next
+step runs on the same cluster, a task's output stays there: the runner passes it on as a Dask
+future and only a summary (counts, skipped items) comes back to the driver.
+
 Dask cannot stop a task once it runs: a task past its timeout fails its chunk with
 ``TaskTimedOut`` and is cancelled, but its worker thread finishes it in the background.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -24,7 +29,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .._errors import EngineError
-from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut, require_extra
+from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut, require_extra
 from ._serialize import dumps_function, loads
 
 distributed = require_extra("distributed", extra="dask")
@@ -56,6 +61,17 @@ def _run_on_worker(function_key: str, function_bytes: bytes, argument: Any) -> T
     return TaskResult(value, worker, started, time.perf_counter() - clock)
 
 
+def _summary(result: TaskResult) -> TaskResult:
+    """For ``keep_output`` tasks: the task's summary and the length of its output, to fetch."""
+    summary, output = result.value
+    return TaskResult((summary, len(output)), result.worker, result.started, result.seconds)
+
+
+def _output(result: TaskResult) -> Any:
+    """For ``keep_output`` tasks: the output, as a future of its own that stays on the cluster."""
+    return result.value[1]
+
+
 class DaskEngine(Engine):
     """Runs tasks on a Dask cluster: a new local one, or the one at ``address``."""
 
@@ -63,6 +79,8 @@ class DaskEngine(Engine):
     ships_data = True
     target_task_seconds = 0.1
     tasks_per_worker = 2
+    handles_retries = True
+    keeps_results = True
 
     def __init__(
         self, workers: int | None = None, *, address: str | None = None, **cluster_options: Any
@@ -122,15 +140,22 @@ class DaskEngine(Engine):
             function = self._functions[task.function_key] = self._client.scatter(
                 dumps_function(task.function), broadcast=True, hash=False
             )
+        # Remote chunks of earlier tasks are Dask futures: Dask hands their data to the worker.
+        argument = tuple(a.handle if isinstance(a, Remote) else a for a in task.argument)
         remote = self._client.submit(
             _run_on_worker,
             task.function_key,
             function,
-            task.argument,
+            argument,
             key=f"madhatter-{task.key}",
             pure=False,
+            retries=task.retries or None,
             resources=dict(task.resources) or None,
         )
+        output = None
+        if task.keep_output:
+            output = self._client.submit(_output, remote, key=f"madhatter-{task.key}/output")
+            remote = self._client.submit(_summary, remote, key=f"madhatter-{task.key}/summary")
         result: Future[TaskResult] = Future()
         result.set_running_or_notify_cancel()
         with self._lock:
@@ -140,17 +165,23 @@ class DaskEngine(Engine):
             timer = threading.Timer(task.timeout, self._expire, args=(remote, result, task.timeout))
             timer.daemon = True
             timer.start()
-        remote.add_done_callback(lambda done: self._resolve(done, result, timer))
+        remote.add_done_callback(lambda done: self._resolve(done, result, timer, output))
         return result
 
-    def _resolve(self, remote: Any, result: Future[TaskResult], timer: threading.Timer | None) -> None:
+    def _resolve(
+        self, remote: Any, result: Future[TaskResult], timer: threading.Timer | None, output: Any
+    ) -> None:
         if timer is not None:
             timer.cancel()
         with self._lock:
             self._futures.discard(remote)
         try:
             if remote.status == "finished":
-                result.set_result(remote.result())
+                answer: TaskResult = remote.result()
+                if output is not None:  # the output stays on the cluster, as a future
+                    summary, count = answer.value
+                    answer = dataclasses.replace(answer, value=(summary, Remote(output, count)))
+                result.set_result(answer)
             elif remote.status == "cancelled":
                 result.set_exception(TaskLost("the task was cancelled on the Dask cluster"))
             else:
