@@ -14,7 +14,8 @@ The tree::
         ├── StepFailed               a step's function raised on one chunk
         ├── WorkerLost               the worker process running a chunk died
         ├── TaskTimeout              a chunk ran longer than its step's ``timeout``
-        └── RunCancelled             the run was cancelled (Ctrl-C or a cancel request)
+        └── RunCancelled             the run was cancelled by its ``cancel`` event
+                                     (Ctrl-C raises KeyboardInterrupt, after stopping every worker)
 
 Run errors keep their fields in ``args`` so they pickle unchanged across process boundaries, and
 each message says which step and which chunk, so a user never has to guess where to look.

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any
 
 logger = logging.getLogger("madhatter")
 
@@ -32,8 +32,6 @@ class Event:
 
     run_id: str
     at: float = dataclasses.field(default_factory=_now, kw_only=True)
-
-    kind: ClassVar[str] = "Event"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with a ``type`` key naming the event class."""

@@ -4,6 +4,8 @@
 ``serial``     every task inline in the driver, in order: for debugging, and the reference
 ``threads``    a thread pool in the driver: I/O-bound steps
 ``processes``  local worker processes (the default): CPU-bound steps
+``dask``       a Dask cluster, given or started for the run (``madhatter[dask]``)
+``ray``        a Ray cluster, given or started for the run (``madhatter[ray]``)
 =============  ==========================================================================
 """
 

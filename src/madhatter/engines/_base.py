@@ -105,6 +105,8 @@ class Engine(abc.ABC):
       engine's workers gets exactly ``n``, so the cap holds).
     * ``handles_retries``: the engine reruns a failed task itself (``Task.retries``); the runner
       then does not retry on top of it.
+    * ``runs_inline``: every task runs in the caller (the serial engine): the runner skips its
+      probe, which could only decide to do the same.
     * ``keeps_results``: the engine can leave a task's output on its cluster (``Task.keep_output``)
       for later tasks to read there, so data between steps never goes through the driver.
 
@@ -118,6 +120,7 @@ class Engine(abc.ABC):
     tasks_per_worker: ClassVar[int] = 1
     handles_retries: ClassVar[bool] = False
     keeps_results: ClassVar[bool] = False
+    runs_inline: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

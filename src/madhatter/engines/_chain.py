@@ -14,7 +14,6 @@ Per-worker ``setup`` runs once per (run, step, worker thread) and is cached here
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import reprlib
 import threading
@@ -180,13 +179,25 @@ class ChainTask:
             items = outputs
         return ChunkOutcome(items, tuple(counts), tuple(skipped))
 
+    def _compiled(self, group: tuple[ChainOp, ...]) -> Callable[[list[Any]], list[Any]]:
+        """The group's one-pass function, compiled once per task object (not pickled with it)."""
+        cache: dict[tuple[str, ...], Callable[[list[Any]], list[Any]]]
+        cache = self.__dict__.setdefault("_compiled_passes", {})
+        key = tuple(op.step for op in group)
+        if key not in cache:
+            cache[key] = _composed(tuple(op.func for op in group))
+        return cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_compiled_passes"}
+
     def _one_pass(
         self, group: tuple[ChainOp, ...], chunk: int, items: list[Any], counts: list[StepCount]
     ) -> list[Any]:
         """Run consecutive plain map steps as one pass over the chunk (no list in between)."""
         started = time.perf_counter()
         try:
-            outputs = _composed(tuple(op.func for op in group))(items)
+            outputs = self._compiled(group)(items)
         except TaskTimedOut:
             raise
         except Exception as exc:
@@ -249,7 +260,6 @@ def _passes(ops: tuple[ChainOp, ...]) -> list[tuple[ChainOp, ...]]:
     return groups
 
 
-@functools.lru_cache(maxsize=256)
 def _composed(funcs: tuple[Callable[..., Any], ...]) -> Callable[[list[Any]], list[Any]]:
     """``[fn(...f1(f0(x))) for x in items]`` compiled for these functions: one pass, no list in
     between, and each call made from bytecode (see ``_apply``). Built like namedtuple's methods."""

@@ -43,7 +43,10 @@ def deadline(seconds: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except TaskTimedOut:  # the alarm fired as the block ended: it finished in time
+            pass
         signal.signal(signal.SIGALRM, previous)
         if caller_left:  # put the caller's timer back, less the time we spent
             left = max(caller_left - (time.monotonic() - started), 1e-6)

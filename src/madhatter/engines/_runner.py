@@ -70,6 +70,11 @@ class EngineSet:
     """The engines of one run, created on first use: the run's own and any a step names."""
 
     def __init__(self, default: str | Engine, workers: int | None, options: Mapping[str, Any]):
+        if not isinstance(default, str) and (options or workers is not None):
+            raise TypeError(
+                "workers= and engine options configure an engine madhatter creates; give them to "
+                "your engine instance's constructor instead"
+            )
         self._default = default
         self._workers = workers
         self._options = dict(options)
@@ -98,8 +103,12 @@ class EngineSet:
         return self.get(None).workers
 
     def shutdown(self, *, cancel_pending: bool) -> None:
+        """Shut down the engines this run created (an engine instance the caller passed in is
+        the caller's to shut down, so it can serve several runs)."""
         errors = []
         for engine in self._engines.values():
+            if engine is self._default:
+                continue
             try:
                 engine.shutdown(cancel_pending=cancel_pending)
             except Exception as exc:  # shut the others down regardless
@@ -154,6 +163,13 @@ class RunContext:
         except queue.Empty:
             pass
         return done
+
+    def sleep(self, seconds: float) -> None:
+        """Wait for a retry's delay, waking up early if the run is cancelled."""
+        if self._cancel is not None:
+            self._cancel.wait(seconds)
+        else:
+            time.sleep(seconds)
 
     def check_cancelled(self) -> None:
         if self._cancel is not None and self._cancel.is_set():
@@ -213,7 +229,9 @@ class Scheduler:
     def result(self) -> Any:
         output = self.plan.stage(self.plan.output)
         if output.kind == "driver":
-            return self.evaluate(output)
+            value = self.evaluate(output)
+            # A lazy result would be read after the run has stopped its engines: read it now.
+            return list(value) if _is_one_shot(value) else value
         collector = _Collector(self._channel_reader(output))
         self.collectors.append(collector)
         self.drive(lambda: collector.done)
@@ -234,6 +252,8 @@ class Scheduler:
         clock = time.perf_counter()
         try:
             value = step.func(*arguments, **self._params_of(stage))
+        except RunError:
+            raise  # an upstream's failure, met while this step read its stream: not this step's
         except Exception as exc:
             raise StepFailed(step.name, 0, preview(arguments), user_traceback(exc)) from exc
         if _is_one_shot(value) and len(self.plan.consumers(stage.name)) > 1:
@@ -412,7 +432,7 @@ class Scheduler:
                     continue
                 due = [d for r in self.runners.values() if (d := r.next_retry_due()) is not None]
                 if due:
-                    time.sleep(max(0.0, min(due) - time.monotonic()))
+                    run.sleep(max(0.0, min(due) - time.monotonic()))
                     continue
                 if not run.relaxed:
                     run.relaxed = True  # every producer waits on a full buffer: let them grow
@@ -488,10 +508,11 @@ def execute_plan(
         raise
     finally:
         try:
-            wait(run.driver_threads)  # a probe item still running on a driver thread ends first
             # After success, tasks still out are unneeded (a stream consumer stopped early).
             engines.shutdown(cancel_pending=status != "succeeded" or bool(run.futures))
         finally:
+            if status != "cancelled":  # Ctrl-C must be prompt; else a probe item ends first
+                wait(run.driver_threads)
             release_setups(run_id)
             seconds = time.perf_counter() - started
             run.emit(RunFinished(run_id, status, seconds, error))

@@ -214,8 +214,8 @@ class StageRunner:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
         else:
             self.window = engine.workers * engine.tasks_per_worker
-        if getattr(engine, "runs_inline", False):
-            self.mode: Mode = "inline"
+        if engine.runs_inline:
+            self.mode: Mode = "ship"  # its tasks run in the caller anyway: nothing to probe
         else:
             self.mode = "probe" if inline_allowed else "ship"
         target = INLINE_TARGET_SECONDS if self.mode != "ship" else engine.target_task_seconds
@@ -223,6 +223,7 @@ class StageRunner:
         self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
         self.sizer.total = reader.total
         self.finished = False
+        self._pumping = False
         self._adaptive = self.mode == "probe"
         self._transfer = 0.0
         self._slow_chunks = 0
@@ -243,9 +244,20 @@ class StageRunner:
     # -- pumping ---------------------------------------------------------------------------
 
     def pump(self) -> bool:
-        """Do what can be done now without waiting; return whether anything happened."""
-        if self.finished:
+        """Do what can be done now without waiting; return whether anything happened.
+
+        Not re-entrant: reading a stream-step's generator may drive the run again while this
+        stage is mid-pump; the inner drive then leaves this stage alone.
+        """
+        if self.finished or self._pumping:
             return False
+        self._pumping = True
+        try:
+            return self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> bool:
         progressed = self._flush()
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now and self._has_capacity():

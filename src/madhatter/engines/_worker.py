@@ -1,6 +1,6 @@
 """The loop a local worker process runs: receive a task, run it, send the result back.
 
-One task at a time: the driver only sends a task to an idle worker, so when a worker dies the
+Tasks run in the order they arrive (the driver sends at most one ahead), so when a worker dies the
 driver knows exactly which task it was running. Functions arrive once per worker (keyed by the
 task's ``function_key``) and are cached. The worker ignores SIGINT (the driver handles Ctrl-C and
 stops the workers itself) and, on Linux, asks the kernel to kill it if the driver dies, so a worker
@@ -58,6 +58,21 @@ def _portable_error(error: BaseException) -> BaseException:
     return RuntimeError(f"{type(error).__name__}: {error}")
 
 
+def _load_function(function_bytes: bytes) -> Any:
+    """The task function; if it cannot be unpickled here, one that raises why for every task."""
+    try:
+        return loads(function_bytes)
+    except Exception as exc:
+        error = RuntimeError(
+            f"the step's code cannot be loaded in the worker process: {type(exc).__name__}: {exc}"
+        )
+
+        def unloadable(argument: Any) -> Any:
+            raise error
+
+        return unloadable
+
+
 def worker_main(conn: Connection, parent_pid: int) -> None:
     """Serve tasks from ``conn`` until told to stop or the driver goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -76,7 +91,7 @@ def worker_main(conn: Connection, parent_pid: int) -> None:
         started, clock = time.time(), time.perf_counter()
         try:
             if function_bytes is not None:
-                functions[function_key] = loads(function_bytes)
+                functions[function_key] = _load_function(function_bytes)
             value, ok = functions[function_key](loads(argument_bytes)), True
         except Exception as exc:
             value, ok = exc, False

@@ -2,9 +2,10 @@
 
 Why not ``multiprocessing.Pool`` or ``ProcessPoolExecutor``? ``Pool`` hangs when a worker dies, and
 ``ProcessPoolExecutor`` breaks as a whole and cannot say which task killed the worker. Here each
-worker has its own pipe and runs one task at a time, so the pool always knows which task a dead
-worker held: that task fails with :class:`TaskLost` (the runner retries or reports it), a fresh
-worker takes the dead one's place, and every other task carries on.
+worker has its own pipe and runs its tasks in the order it was sent them (one running, at most one
+waiting in the pipe), so the pool always knows which task a dead worker held: that task fails with
+:class:`TaskLost` (the runner retries or reports it), the waiting one goes back to the queue, a
+fresh worker takes the dead one's place, and every other task carries on.
 
 One management thread does all the talking: it sends queued tasks to idle workers, reads results,
 watches the workers' sentinels, and stops a worker whose task overran its timeout (the task's own
@@ -61,6 +62,7 @@ class _Worker:
     tasks: collections.deque[_Pending] = dataclasses.field(default_factory=collections.deque)
     started: float = 0.0  # when tasks[0] started running
     functions: set[str] = dataclasses.field(default_factory=set)
+    dead: bool = False  # killed by us; gets no more tasks while it is replaced
 
     @property
     def name(self) -> str:
@@ -144,6 +146,7 @@ class ProcessesEngine(Engine):
 
     def _start(self) -> None:
         self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
         self._workers = [self._spawn() for _ in range(self._size)]
         self._thread = threading.Thread(target=self._manage, name="madhatter-processes", daemon=True)
         self._thread.start()
@@ -151,7 +154,7 @@ class ProcessesEngine(Engine):
     def _wake(self) -> None:
         try:
             os.write(self._wake_write, b"x")
-        except OSError:  # the pipe is full (already woken) or closed (shut down)
+        except (BlockingIOError, OSError):  # full (already woken) or closed (shut down)
             pass
 
     def _spawn(self) -> _Worker:
@@ -199,6 +202,7 @@ class ProcessesEngine(Engine):
                 for worker in busy:
                     while worker.tasks:
                         self._fail_first(worker, TaskLost("the run was cancelled"))
+                    worker.dead = True
                     self._kill(worker)
                 return True
         waitables: list[Any] = [self._wake_read]
@@ -220,35 +224,42 @@ class ProcessesEngine(Engine):
         return True
 
     def _dispatch(self) -> None:
-        """Idle workers first get a task each; then each gets one more to hold in its pipe."""
+        """Idle workers first get a task each; then each gets one more to hold in its pipe.
+
+        Assignments are made under the lock, messages sent after it: ``send_bytes`` to a busy
+        worker must never block (it would wait for a worker that waits to answer us), so only a
+        message that fits the pipe's buffer is sent to a worker that is still busy.
+        """
+        sends: list[tuple[_Worker, bytes]] = []
         with self._lock:
             for depth in range(TASKS_PER_WORKER):
                 for worker in self._workers:
-                    if not self._queue:
-                        return
-                    if len(worker.tasks) != depth:
+                    if not self._queue or len(worker.tasks) != depth or worker.dead:
                         continue
-                    if depth and len(self._queue[0].argument) > PREFETCH_MAX_BYTES:
+                    message = self._message(worker, self._queue[0])
+                    if depth and len(message) > PREFETCH_MAX_BYTES:
                         continue
                     pending = self._queue.popleft()
-                    if pending.sent or pending.future.set_running_or_notify_cancel():
-                        self._send(worker, pending)
+                    if not (pending.sent or pending.future.set_running_or_notify_cancel()):
+                        continue  # cancelled while queued
+                    worker.functions.add(pending.task.function_key)
+                    pending.sent = True
+                    worker.tasks.append(pending)
+                    if len(worker.tasks) == 1:
+                        worker.started = time.monotonic()
+                    sends.append((worker, message))
+        for worker, message in sends:
+            try:
+                worker.conn.send_bytes(message)
+            except OSError:
+                pass  # the worker is dead; its sentinel says so and _replace fails the task
 
-    def _send(self, worker: _Worker, pending: _Pending) -> None:
+    def _message(self, worker: _Worker, pending: _Pending) -> bytes:
         task = pending.task
         function_bytes = None
         if task.function_key not in worker.functions:
             function_bytes = self._functions[task.function_key]
-            worker.functions.add(task.function_key)
-        message = dumps_data((task.key, task.function_key, function_bytes, pending.argument))
-        pending.sent = True
-        worker.tasks.append(pending)
-        if len(worker.tasks) == 1:
-            worker.started = time.monotonic()
-        try:
-            worker.conn.send_bytes(message)
-        except OSError:
-            pass  # the worker is dead; its sentinel says so and _replace fails the task
+        return dumps_data((task.key, task.function_key, function_bytes, pending.argument))
 
     def _collect(self, worker: _Worker) -> bool:
         """Read the answer to the worker's running task; False if the worker died instead."""
@@ -278,6 +289,8 @@ class ProcessesEngine(Engine):
     def _replace(self, worker: _Worker) -> None:
         worker.process.join(timeout=1)
         detail = f"worker {worker.name} {_describe_exit(worker.process.exitcode)}"
+        if worker.dead:
+            detail = f"worker {worker.name} was stopped by madhatter"
         with self._lock:
             if worker.tasks:
                 self._fail_first(worker, TaskLost(detail))
@@ -322,7 +335,9 @@ class ProcessesEngine(Engine):
                 with self._lock:
                     self._fail_first(worker, TaskTimedOut(pending.task.timeout))
                     self._requeue(worker)
+                    worker.dead = True
                 self._kill(worker)
+                self._replace(worker)
 
     def _stop_workers(self) -> None:
         for worker in self._workers:

@@ -51,6 +51,7 @@ class SerialEngine(Engine):
 
     name = "serial"
     ships_data = False
+    runs_inline = True
     target_task_seconds = 0.01
 
     def __init__(self, workers: int | None = None) -> None:

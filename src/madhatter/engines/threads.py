@@ -3,7 +3,8 @@
 For I/O-bound steps (HTTP calls, reading files, waiting on a database): no pickling, no process
 start-up, and hundreds of workers are cheap. CPU-bound pure-Python steps gain nothing here because
 of the GIL; use ``processes``. A thread cannot be stopped from outside, so a task that overruns its
-timeout fails the chunk while the thread finishes it in the background.
+timeout fails the chunk (its clock starts when a thread takes the task) while the thread finishes
+it in the background, still holding its place in the pool.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
-from ._base import Engine, Task, TaskResult, TaskTimedOut
+from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
 
 
 class ThreadsEngine(Engine):
@@ -33,28 +34,12 @@ class ThreadsEngine(Engine):
         return self._size
 
     def submit(self, task: Task) -> Future[TaskResult]:
-        inner = self._pool.submit(_run, task)
         if task.timeout is None:
-            return inner
+            return self._pool.submit(_run, task)
         outer: Future[TaskResult] = Future()
         outer.set_running_or_notify_cancel()
-        timer = threading.Timer(task.timeout, _expire, args=(outer, task.timeout))
-        timer.daemon = True
-
-        def copy(done: Future[TaskResult]) -> None:
-            timer.cancel()
-            try:
-                if done.cancelled():
-                    outer.cancel()
-                elif done.exception() is not None:
-                    outer.set_exception(done.exception())
-                else:
-                    outer.set_result(done.result())
-            except InvalidStateError:  # the timer failed it first
-                pass
-
-        inner.add_done_callback(copy)
-        timer.start()
+        inner = self._pool.submit(_run_with_timeout, task, outer)
+        inner.add_done_callback(lambda done: _copy(done, outer))
         return outer
 
     def shutdown(self, *, cancel_pending: bool) -> None:
@@ -65,6 +50,30 @@ def _run(task: Task) -> TaskResult:
     started, clock = time.time(), time.perf_counter()
     value = task.function(task.argument)
     return TaskResult(value, threading.current_thread().name, started, time.perf_counter() - clock)
+
+
+def _run_with_timeout(task: Task, outer: Future[TaskResult]) -> TaskResult:
+    """Run ``task``; its timer starts now, when a thread takes it, not when it was queued."""
+    assert task.timeout is not None
+    timer = threading.Timer(task.timeout, _expire, args=(outer, task.timeout))
+    timer.daemon = True
+    timer.start()
+    try:
+        return _run(task)
+    finally:
+        timer.cancel()
+
+
+def _copy(done: Future[TaskResult], outer: Future[TaskResult]) -> None:
+    try:
+        if done.cancelled():
+            outer.set_exception(TaskLost("the task was cancelled before it started"))
+        elif done.exception() is not None:
+            outer.set_exception(done.exception())
+        else:
+            outer.set_result(done.result())
+    except InvalidStateError:  # the timer failed it first
+        pass
 
 
 def _expire(future: Future[TaskResult], timeout: float) -> None:
