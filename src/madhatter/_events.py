@@ -42,12 +42,14 @@ class Event:
 
 @dataclasses.dataclass(frozen=True)
 class RunStarted(Event):
-    """A run began. ``steps`` lists every step in the order they were planned."""
+    """A run began. ``steps`` lists every step in the order they were planned; ``dashboard`` is
+    the engine's own live view (e.g. Dask's), when it has one."""
 
     pipeline: str
     engine: str
     workers: int
     steps: tuple[str, ...]
+    dashboard: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

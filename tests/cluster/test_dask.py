@@ -220,3 +220,14 @@ def test_output_between_unfused_steps_stays_on_the_cluster(
     unpickled_in_driver = str(os.getpid()) in log.read_text().split()
     # The processes engine brings every chunk back to the driver (the control); Dask must not.
     assert unpickled_in_driver == (engine == "processes")
+
+
+def test_the_run_reports_the_dask_dashboard(dask_cluster: Any) -> None:
+    from madhatter.events import RunStarted
+
+    events = RecordingListener()
+    madhatter.run(squares, engine="dask", address=dask_cluster.address, inline=False, listeners=[events])
+    (started,) = events.of_type(RunStarted)
+    assert started.engine == "dask"  # type: ignore[attr-defined]
+    assert started.workers == 2  # type: ignore[attr-defined]
+    assert started.dashboard.startswith("http://127.0.0.1:")  # type: ignore[attr-defined]

@@ -124,6 +124,8 @@ class ProgressBars:
 
     def __call__(self, event: Event) -> None:
         self._tracker.update(event)
+        if isinstance(event, RunStarted) and event.dashboard:
+            self._stream.write(f"{event.engine} dashboard: {event.dashboard}\n")
         final = isinstance(event, (RunFinished, StepFinished))
         now = time.monotonic()
         if final or now - self._last >= REDRAW_SECONDS:
@@ -152,7 +154,9 @@ class ProgressLines:
 
     def __call__(self, event: Event) -> None:
         step = self._tracker.update(event)
-        if isinstance(event, StepStarted):
+        if isinstance(event, RunStarted) and event.dashboard:
+            self._say(f"{event.engine} dashboard: {event.dashboard}")
+        elif isinstance(event, StepStarted):
             total = f" ({event.total} items)" if event.total is not None else ""
             self._say(f"step {event.step} started{total}")
         elif isinstance(event, StepFinished):

@@ -102,6 +102,9 @@ class EngineSet:
     def workers(self) -> int:
         return self.get(None).workers
 
+    def dashboard_link(self) -> str | None:
+        return self.get(None).dashboard_link
+
     def shutdown(self, *, cancel_pending: bool) -> None:
         """Shut down the engines this run created (an engine instance the caller passed in is
         the caller's to shut down, so it can serve several runs)."""
@@ -496,7 +499,8 @@ def execute_plan(
     started = time.perf_counter()
     status, error = "failed", None
     try:
-        run.emit(RunStarted(run_id, pipeline, engines.default_name, engines.workers(), steps))
+        engine_info = (engines.default_name, engines.workers(), steps, engines.dashboard_link())
+        run.emit(RunStarted(run_id, pipeline, *engine_info))
         result = scheduler.result()
         status = "succeeded"
         return run.report(result, time.perf_counter() - started)
