@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import signal
@@ -231,3 +232,37 @@ def test_the_run_reports_the_dask_dashboard(dask_cluster: Any) -> None:
     assert started.engine == "dask"  # type: ignore[attr-defined]
     assert started.workers == 2  # type: ignore[attr-defined]
     assert started.dashboard.startswith("http://127.0.0.1:")  # type: ignore[attr-defined]
+
+
+class PullCounter:
+    pulled = 0
+
+
+@preprocess
+def endless_counted() -> Any:
+    def generate() -> Any:
+        for item in itertools.count():
+            PullCounter.pulled += 1
+            yield item
+
+    return generate()
+
+
+@depends(endless_counted)
+@parallel.map(chunk_by=10)
+def tripled(x: int) -> int:
+    return 3 * x
+
+
+@depends(tripled)
+@postprocess(stream=True)
+def first_500(values: Any) -> list[int]:
+    return list(itertools.islice(values, 500))
+
+
+def test_an_endless_source_streams_through_the_cluster_in_bounded_memory(dask_cluster: Any) -> None:
+    PullCounter.pulled = 0
+    result = madhatter.run(first_500, engine="dask", address=dask_cluster.address, inline=False)
+    assert result == [3 * x for x in range(500)]
+    # Two tasks per worker in flight and as many finished ahead: a few dozen chunks, not the stream.
+    assert PullCounter.pulled <= 500 + 10 * (2 * 2 * 2 + 1) + 10
