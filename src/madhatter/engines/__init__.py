@@ -11,6 +11,7 @@
 
 from ._base import (
     Engine,
+    Remote,
     Task,
     TaskLost,
     TaskResult,
@@ -24,6 +25,7 @@ from ._base import (
 
 __all__ = [
     "Engine",
+    "Remote",
     "Task",
     "TaskLost",
     "TaskResult",
