@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -30,20 +29,10 @@ from typing import Any
 
 from .._errors import EngineError
 from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut, require_extra
-from ._serialize import dumps_function, loads
+from ._serialize import dumps_function, load_function
+from ._serialize import worker_runtime as _runtime
 
 distributed = require_extra("distributed", extra="dask")
-
-
-def _runtime() -> tuple[str, str]:
-    """What must match between driver and workers: madhatter's version and Python's major.minor."""
-    import madhatter  # the worker's own
-
-    return madhatter.__version__, f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-_functions: dict[str, Any] = {}
-"""Task functions unpickled on this worker, by function key (each stage's chain, once)."""
 
 
 def _run_on_worker(function_key: str, function_bytes: bytes, argument: Any) -> TaskResult:
@@ -52,9 +41,7 @@ def _run_on_worker(function_key: str, function_bytes: bytes, argument: Any) -> T
     The function arrives pickled by cloudpickle (Dask would try plain pickle first, which pickles
     a step by reference to a module the workers may not have).
     """
-    function = _functions.get(function_key)
-    if function is None:
-        function = _functions[function_key] = loads(function_bytes)
+    function = load_function(function_key, function_bytes)
     started, clock = time.time(), time.perf_counter()
     value = function(argument)
     worker = distributed.get_worker().address

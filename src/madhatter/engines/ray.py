@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -48,7 +47,8 @@ from typing import Any
 
 from .._errors import EngineError
 from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut, require_extra
-from ._serialize import dumps_function, loads
+from ._serialize import dumps_function, load_function
+from ._serialize import worker_runtime as _runtime
 
 ray = require_extra("ray", extra="ray")
 
@@ -77,13 +77,6 @@ NO_OUTSIDE_HTTP_ENV = {
 # -- on the worker ---------------------------------------------------------------------------
 
 
-def _runtime() -> tuple[str, str]:
-    """What must match between driver and workers: madhatter's version and Python's major.minor."""
-    import madhatter  # the worker's own
-
-    return madhatter.__version__, f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
 @dataclasses.dataclass(frozen=True)
 class _Slot:
     """Stands in a task's argument tuple for the value of the ``index``-th extra argument of the
@@ -92,9 +85,6 @@ class _Slot:
 
     index: int
 
-
-_functions: dict[str, Any] = {}
-"""Task functions unpickled in this worker process, by function key (each stage's chain, once)."""
 
 _worker_name: str | None = None
 
@@ -110,9 +100,7 @@ def _run_task(
     len(output))``, which goes back to the driver, and ``output``, which stays in the cluster.
     """
     global _worker_name
-    function = _functions.get(function_key)
-    if function is None:
-        function = _functions[function_key] = loads(function_bytes)
+    function = load_function(function_key, function_bytes)
     if outputs:
         argument = tuple(outputs[e.index] if isinstance(e, _Slot) else e for e in argument)
     started, clock = time.time(), time.perf_counter()
