@@ -21,7 +21,10 @@ script imports, so both benchmarks time exactly the same work):
   ``Client`` opened once; Ray tasks over the same chunks. For W3 the chunked peers come twice: one
   task per step and chunk (the next step's tasks get the previous step's futures or object refs,
   so data stays on the cluster) and one fused task per chunk. Chunk sizes are tuned (see the
-  constants). The serial loop is printed for reference.
+  constants). The serial loop is printed for reference, and so is, for W3 on Dask, a *reference*
+  row that is not a peer: the fused ``client.map`` with each result list boxed in a 1-tuple,
+  which sidesteps Dask's item-by-item serialisation of list results (see
+  :func:`apply_chain_boxed`), the fastest Dask code we know for W3.
 * **Side by side, best of N.** As in ``bench_local.py``: each contestant first runs once on 2 % of
   the input (warm-up: imports on the workers, first tasks), then all contestants of a workload
   take turns, round-robin, for ``--repeats`` rounds, so drift in machine load hits all alike. The
@@ -60,7 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import bench_local
@@ -93,18 +96,33 @@ SERIAL: Literal["serial"] = "serial"
 
 W1_CHUNK = 1
 """Items per hand-written task in W1: 50 ms items balance best one at a time (as in
-``bench_local.W1_CHUNKSIZE``); Dask's ~1 ms and Ray's ~0.5 ms per task are 1-2 % of that."""
+``bench_local.W1_CHUNKSIZE``); a task's own cost (~1 ms on Dask, less on Ray) is 2 % of that."""
 W3_CHUNK = 2500
 """Items per hand-written task in W3 (80 tasks per step at 200,000 items, ~60 ms each when fused):
-tuned, the best of a sweep over 1,000..25,000 for ``client.map`` and Ray tasks."""
+tuned, the best of a sweep over 1,000..25,000 for Ray tasks (fused and per step); ``client.map``
+was flat from 1,000 to 25,000 (5-7 s, dominated by the serialisation of its list results)."""
 W3_PARTITIONS = 16
-"""``dask.bag`` partitions in W3: tuned, the best of a sweep over 8..128 (no clear optimum)."""
+"""``dask.bag`` partitions in W3 (8 per worker): a sweep over 8..128 found no clear optimum, all
+8-11 s, dominated by Dask's serialisation of the list partitions between tasks and to the client."""
 
 W1_TOLERANCE = 1.10
 """W1 target: madhatter's time <= this x the best hand-written peer's."""
 IDLE_SECONDS = 2.0
 """How long the idle clusters are watched at start, to measure their own CPU use."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RAY_IMPORT_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Read by Ray on import: no usage statistics, and its single-machine mode, which keeps a node
+address of 127.0.0.1 as given (otherwise Ray swaps in the machine's outward address and its
+servers listen on every interface)."""
+_BLACKHOLE = "http://127.0.0.1:9"
+RAY_START_ENV = {
+    **dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), _BLACKHOLE),
+    **dict.fromkeys(("NO_PROXY", "no_proxy"), "127.0.0.1,localhost,::1"),
+}
+"""For the processes Ray starts (they inherit it): a proxy that does not exist, so their HTTP
+requests cannot leave the machine. Ray's dashboard process, started even without a dashboard,
+otherwise probes the cloud metadata service (169.254.169.254) and looks up its name (as
+madhatter's own engine prevents, ``NO_OUTSIDE_HTTP_ENV`` in ``engines/ray.py``)."""
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -149,6 +167,21 @@ def worker_pid(wait: float) -> int:
 
 def flatten(parts: Sequence[list[Any]]) -> list[Any]:
     return [item for part in parts for item in part]
+
+
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``variables`` set, for the processes started in the block."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def untyped(module: str) -> Any:
@@ -296,14 +329,15 @@ class RaySide:
         temp_dir = tempfile.mkdtemp(prefix="mh-bench-ray-")
         stack.callback(shutil.rmtree, temp_dir, ignore_errors=True)
         started = time.perf_counter()
-        context: Any = ray.init(
-            address="local",  # a new Ray, never one that `ray start` left running on this machine
-            num_cpus=WORKERS,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=temp_dir,
-            logging_level=logging.WARNING,
-        )
+        with environment(RAY_START_ENV):
+            context: Any = ray.init(
+                address="local",  # a new Ray, never one that `ray start` left running here
+                num_cpus=WORKERS,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=temp_dir,
+                logging_level=logging.WARNING,
+            )
         stack.callback(ray.shutdown)
         node = context.address_info["node_ip_address"]
         if node != "127.0.0.1":
@@ -352,12 +386,9 @@ class RaySide:
 def ray_unavailable() -> str | None:
     """Why madhatter's Ray engine cannot run here, or ``None`` if it can.
 
-    Imports Ray: first sets what Ray reads on import. Its usage statistics go off, and its
-    single-machine mode keeps a node address of 127.0.0.1 as given (otherwise Ray swaps in the
-    machine's outward address and its servers listen on every interface).
+    Imports Ray, after setting what Ray reads on import (``RAY_IMPORT_ENV``).
     """
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.update(RAY_IMPORT_ENV)
     try:
         import madhatter.engines.ray  # noqa: F401
     except Exception as exc:
@@ -505,7 +536,7 @@ def run_workload(
     verdicts = []
     for engine in sides:
         group = [(c, t) for c, t in zip(contestants, timings, strict=True) if c.engine == engine]
-        mad = next(t for c, t in group if not c.peer)
+        mad = next(t for c, t in group if role(c) == "madhatter")
         best = min((t for c, t in group if c.peer), key=lambda t: t.best)
         if workload.key == "W1":
             met = mad.best <= W1_TOLERANCE * best.best
@@ -596,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for engine in engines:
             sides[engine] = DaskSide(stack) if engine == "dask" else RaySide(stack)
             print(sides[engine].describe())
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # again: ray.init replaces it with its own
         idle = idle_cores(IDLE_SECONDS)
         print(f"idle clusters: {idle:.2f} cores busy on their own (measured over {IDLE_SECONDS:g} s)")
         for workload in WORKLOADS.values():
