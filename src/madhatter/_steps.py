@@ -30,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 StepKind = Literal["source", "chunks", "map", "filter", "whole"]
 PARALLEL_KINDS: frozenset[str] = frozenset({"chunks", "map", "filter"})
 OnError = Literal["raise", "skip"]
+Isolate = Literal["container", "task"]
 
 SPEC_ATTRIBUTE = "__madhatter__"
 
@@ -140,6 +141,24 @@ def _check_options(
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
 
 
+def _resources(
+    resources: Mapping[str, Any] | None,
+    image: str | None,
+    cpus: float | None,
+    memory: str | int | None,
+    isolate: str | None,
+    network: str | None,
+) -> tuple[tuple[str, Any], ...]:
+    """The step's resource requests: ``resources`` plus the decorator's named ones."""
+    if isolate is not None and isolate not in ("container", "task"):
+        raise ValueError(f"isolate must be 'container' or 'task', not {isolate!r}")
+    if cpus is not None and not (isinstance(cpus, (int, float)) and cpus > 0):
+        raise ValueError(f"cpus must be a positive number, not {cpus!r}")
+    named = {"image": image, "cpus": cpus, "memory": memory, "isolate": isolate, "network": network}
+    merged = {**(resources or {}), **{k: v for k, v in named.items() if v is not None}}
+    return tuple(sorted(merged.items()))
+
+
 class _ParallelDecorator:
     """``@parallel`` (chunks), ``@parallel.map`` (per item) and ``@parallel.filter`` (keep items)."""
 
@@ -163,6 +182,11 @@ class _ParallelDecorator:
         name: str | None = None,
         engine: str | None = None,
         resources: Mapping[str, Any] | None = None,
+        image: str | None = None,
+        cpus: float | None = None,
+        memory: str | int | None = None,
+        isolate: Isolate | None = None,
+        network: str | None = None,
     ) -> Callable[[F], F]: ...
     def __call__(  # type: ignore[misc]  # mypy cannot match the bare and the called form here
         self,
@@ -180,6 +204,11 @@ class _ParallelDecorator:
         name: str | None = None,
         engine: str | None = None,
         resources: Mapping[str, Any] | None = None,
+        image: str | None = None,
+        cpus: float | None = None,
+        memory: str | int | None = None,
+        isolate: Isolate | None = None,
+        network: str | None = None,
     ) -> F | Callable[[F], F]:
         """Mark a function as a parallel step. Works bare (``@parallel``) or with options.
 
@@ -196,6 +225,13 @@ class _ParallelDecorator:
             name: the step's name (default: the function's name).
             engine: run this step on a different engine than the rest of the run.
             resources: engine-specific requests such as ``{"cpus": 1, "memory": "512m"}``.
+            image: run each task in a Docker container from this image (the ``docker``
+                engine, ``madhatter[docker]``); see docs/containers.md.
+            cpus: CPUs per task (a container's limit; a Ray task's ``num_cpus``).
+            memory: memory per task, bytes or ``"512m"`` (a container's hard limit).
+            isolate: for containers: ``"container"`` (default: warm containers run many tasks)
+                or ``"task"`` (a fresh container per task).
+            network: for containers: a Docker network to join (default: none at all).
         """
         _check_options(n, chunk_by, retries, timeout, on_error)
         if setup is not None and not callable(setup):
@@ -211,8 +247,8 @@ class _ParallelDecorator:
             "setup": setup,
             "ordered": ordered,
             "name": name,
-            "engine": engine,
-            "resources": tuple(sorted((resources or {}).items())),
+            "engine": engine or ("docker" if image or isolate or network else None),
+            "resources": _resources(resources, image, cpus, memory, isolate, network),
         }
 
         def decorate(f: F) -> F:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .._errors import MadhatterError, PipelineDefinitionError, RunError
 from .._version import __version__
 from ..engines import engine_names
+from ._docker import add_docker_command
 from ._graph import add_graph_command
 from ._run import add_run_command
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run_command(commands)
     add_graph_command(commands)
+    add_docker_command(commands)
     return parser
 
 

@@ -37,6 +37,10 @@ def add_run_command(commands: Any) -> None:
         help="a cluster to run on, for cluster engines (e.g. tcp://scheduler:8786 for dask)",
     )
     parser.add_argument(
+        "--image",
+        help="the container image for every parallel step, for the docker engine",
+    )
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
@@ -73,6 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
             listeners=listeners,
             inline=args.inline,
             **({"address": args.address} if args.address else {}),
+            **({"image": args.image} if args.image else {}),
         )
     for item in report.skipped[:SKIPPED_SHOWN]:
         print(f"skipped in step {item.step} (chunk {item.chunk}): {item.error}", file=sys.stderr)

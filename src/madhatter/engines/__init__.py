@@ -6,6 +6,7 @@
 ``processes``  local worker processes (the default): CPU-bound steps
 ``dask``       a Dask cluster, given or started for the run (``madhatter[dask]``)
 ``ray``        a Ray cluster, given or started for the run (``madhatter[ray]``)
+``docker``     each task in a Docker container, warm or fresh per task (``madhatter[docker]``)
 =============  ==========================================================================
 """
 

@@ -132,6 +132,18 @@ class Engine(abc.ABC):
         """A URL where the engine shows its own live view, if it has one."""
         return None
 
+    def task_seconds(self, resources: Mapping[str, Any]) -> float:
+        """How long automatic chunks of a stage with these resource requests should run
+        (``target_task_seconds`` unless the hand-off cost depends on them, as a fresh container
+        per task does)."""
+        return self.target_task_seconds
+
+    def prepare(self, resources: Mapping[str, Any]) -> None:
+        """Called before the run starts any work, once per parallel stage bound to this engine,
+        with the stage's resource requests: raise :class:`~madhatter.EngineError` naming what the
+        engine cannot provide (a missing container image, say), so the run fails before work."""
+        return None
+
     @abc.abstractmethod
     def submit(self, task: Task) -> Future[TaskResult]:
         """Start ``task`` (or queue it) and return a future for its result."""
@@ -160,6 +172,7 @@ _ENGINES: dict[str, str] = {
     "processes": "madhatter.engines.processes:ProcessesEngine",
     "dask": "madhatter.engines.dask:DaskEngine",
     "ray": "madhatter.engines.ray:RayEngine",
+    "docker": "madhatter.engines.docker:DockerEngine",
 }
 
 

@@ -416,6 +416,13 @@ class Scheduler:
                         reason = f"its {what} cannot be pickled ({type(exc).__name__}: {exc})"
                         raise ShippingError(op.step, reason, engine_name) from exc
 
+    def prepare_engines(self) -> None:
+        """Let each parallel stage's engine check, before any work, that it can serve the stage
+        (a container engine checks the step's image, for one)."""
+        for stage in self.plan.stages:
+            if stage.kind == "parallel":
+                self.engines.get(stage.first.engine).prepare(dict(stage.first.resources))
+
     # -- the loop --------------------------------------------------------------------------
 
     def drive(self, until: Callable[[], bool]) -> None:
@@ -499,6 +506,7 @@ def execute_plan(
     started = time.perf_counter()
     status, error = "failed", None
     try:
+        scheduler.prepare_engines()
         engine_info = (engines.default_name, engines.workers(), steps, engines.dashboard_link())
         run.emit(RunStarted(run_id, pipeline, *engine_info))
         result = scheduler.result()

@@ -4,12 +4,21 @@ Data goes through the standard pickle first (fast for plain data; cloudpickle's 
 makes it several times slower on large lists), falling back to cloudpickle for lambdas and other
 objects pickle refuses. Functions always go through cloudpickle, so steps defined in ``__main__``,
 closures and lambdas work on every engine that ships code.
+
+:func:`dumps_portable` is for receivers that have only the standard library, madhatter and
+cloudpickle (a container from an arbitrary image): the driver's own modules that it references,
+the ones not installed as packages, travel by value.
 """
 
 from __future__ import annotations
 
+import functools
+import pathlib
 import pickle
+import site
 import sys
+import sysconfig
+import threading
 from typing import Any
 
 import cloudpickle
@@ -52,3 +61,59 @@ def worker_runtime() -> tuple[str, str]:
     from .._version import __version__
 
     return __version__, f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+_by_value_lock = threading.Lock()
+
+
+def dumps_portable(value: Any, *, function: bool) -> bytes:
+    """Pickle ``value`` (with :func:`dumps_function` or :func:`dumps_data`) for a process that
+    cannot import the driver's own code: modules it references that are not installed packages
+    (the user's script, a test module, a helper next to them) are pickled by value."""
+    blob = dumps_function(value) if function else dumps_data(value)
+    local = [name for name in list(sys.modules) if name.encode() in blob and _is_local(name)]
+    if not local:
+        return blob
+    with _by_value_lock:
+        added = []
+        for name in local:
+            module = sys.modules.get(name)
+            if module is not None and not _registered_by_value(module):
+                cloudpickle.register_pickle_by_value(module)
+                added.append(module)
+        try:
+            result: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
+    return result
+
+
+def _registered_by_value(module: Any) -> bool:
+    try:
+        return bool(cloudpickle.list_registry_pickle_by_value() & {module.__name__})
+    except AttributeError:  # pragma: no cover - cloudpickle without the listing
+        return False
+
+
+@functools.cache
+def _installed_roots() -> tuple[pathlib.Path, ...]:
+    """Where the standard library and installed packages live."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    roots.add(site.getusersitepackages())
+    return tuple(pathlib.Path(root).resolve() for root in roots)
+
+
+@functools.cache
+def _is_local(name: str) -> bool:
+    """Whether module ``name`` is the driver's own code rather than an installed package
+    (madhatter and cloudpickle are shipped to the receiver; builtins are everywhere)."""
+    if name.partition(".")[0] in ("madhatter", "cloudpickle", "__main__"):
+        return False
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not file:
+        return False
+    path = pathlib.Path(file).resolve()
+    return not any(path.is_relative_to(root) for root in _installed_roots())

@@ -218,7 +218,8 @@ class StageRunner:
             self.mode: Mode = "ship"  # its tasks run in the caller anyway: nothing to probe
         else:
             self.mode = "probe" if inline_allowed else "ship"
-        target = INLINE_TARGET_SECONDS if self.mode != "ship" else engine.target_task_seconds
+        self._ship_seconds = engine.task_seconds(dict(stage.first.resources))
+        target = INLINE_TARGET_SECONDS if self.mode != "ship" else self._ship_seconds
         concurrency = min(stage.n or engine.workers, engine.workers)
         self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
         self.sizer.total = reader.total
@@ -386,7 +387,7 @@ class StageRunner:
 
     def _switch_to_shipping(self) -> None:
         self.mode = "ship"
-        self.sizer.target_seconds = self.engine.target_task_seconds
+        self.sizer.target_seconds = self._ship_seconds
 
     def on_done(self, future: Future[TaskResult], job: Job) -> None:
         """Called by the scheduler when a future this stage launched has resolved."""

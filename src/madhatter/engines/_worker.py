@@ -1,4 +1,4 @@
-"""The loop a local worker process runs: receive a task, run it, send the result back.
+"""The loop a worker runs: receive a task, run it, send the result back.
 
 Tasks run in the order they arrive (the driver sends at most one ahead), so when a worker dies the
 driver knows exactly which task it was running. Functions arrive once per worker (keyed by the
@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -79,10 +80,17 @@ def worker_main(conn: Connection, parent_pid: int) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the driver died before we asked to die with it
         return
+    serve(conn.recv_bytes, conn.send_bytes)
+
+
+def serve(receive: Callable[[], bytes], send: Callable[[bytes], None]) -> None:
+    """Run tasks as they arrive through ``receive`` and answer each through ``send``, until a
+    ``STOP`` message or the end of the channel. Shared by local worker processes (a pipe) and
+    container workers (the container's stdin and stdout)."""
     functions: dict[str, Any] = {}
     while True:
         try:
-            message = conn.recv_bytes()
+            message = receive()
         except (EOFError, OSError):
             return
         if message == STOP:
@@ -97,6 +105,6 @@ def worker_main(conn: Connection, parent_pid: int) -> None:
             value, ok = exc, False
         reply = _result_message(key, ok, value, started, time.perf_counter() - clock)
         try:
-            conn.send_bytes(reply)
+            send(reply)
         except (BrokenPipeError, OSError):
             return

@@ -1,0 +1,216 @@
+"""One worker container of the ``docker`` engine: start it, hand it tasks, read why it died.
+
+A :class:`ContainerWorker` is a container running ``_container_worker.main`` with its standard
+input and output attached to the driver through the Docker Engine API: tasks go in as framed
+messages, results come back the same way (Docker multiplexes the container's output into frames
+of its own, which :class:`_OutputReader` takes apart). Nothing is mounted from the host and
+nothing is written to the user's tree: the only host paths a container sees are those a step
+names in ``mounts=`` (read-only, at the same path), for tasks that read files by path.
+
+The container is created with the limits of its :class:`ContainerSpec` (no network unless one is
+named, memory without extra swap so the limit is real, CPUs, a read-only root with a private
+tmpfs ``/tmp``, no capabilities, no privilege escalation) and with labels, so leftovers of a
+driver that crashed can be found and removed (``madhatter docker prune``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._base import TaskLost, TaskTimedOut
+from ._bundle import BOOTSTRAP, runtime_bundle
+from ._container_worker import frame
+from ._serialize import loads
+from ._worker import STOP
+
+LABEL = "io.madhatter.engine"
+"""Every container the engine starts carries this label (value ``docker``)."""
+RUN_LABEL = "io.madhatter.engine-id"
+"""Which engine instance (one per run) started the container."""
+
+STDERR_TAIL_LINES = 20
+"""How much of a failed container's stderr an error message shows."""
+KILL_GRACE_SECONDS = 2.0
+"""How long past its timeout a task may run (its own alarm should stop it) before its container
+is killed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    """How a worker container is made. Tasks with equal specs may share a warm container."""
+
+    image: str
+    memory: str | int | None = None
+    cpus: float | None = None
+    network: str | None = None
+    read_only: bool = True
+    python: str = "python3"
+    mounts: tuple[str, ...] = ()  # host paths, bind-mounted read-only at the same path
+
+    def describe(self) -> str:
+        limits = [f"memory {self.memory}"] if self.memory is not None else []
+        limits += [f"{self.cpus} CPUs"] if self.cpus is not None else []
+        return f"image {self.image!r}" + (f" ({', '.join(limits)})" if limits else "")
+
+
+def host_config(client: Any, spec: ContainerSpec) -> Any:
+    """Docker's host configuration for ``spec``: limits, isolation, no network unless named."""
+    options: dict[str, Any] = {
+        "network_mode": spec.network or "none",
+        "read_only": spec.read_only,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": 1024,
+    }
+    if spec.memory is not None:
+        options["mem_limit"] = spec.memory
+        options["memswap_limit"] = spec.memory  # no swap on top: the limit is the limit
+    if spec.cpus is not None:
+        options["nano_cpus"] = int(spec.cpus * 1e9)
+    if spec.mounts:
+        options["binds"] = {path: {"bind": path, "mode": "ro"} for path in spec.mounts}
+    return client.api.create_host_config(**options)
+
+
+class ContainerWorker:
+    """A started container that runs the tasks it is sent, one at a time, in order."""
+
+    def __init__(self, client: Any, spec: ContainerSpec, labels: Mapping[str, str]) -> None:
+        self.spec = spec
+        self._client = client
+        self.functions: set[str] = set()  # function keys this container has been sent
+        created = client.api.create_container(
+            spec.image,
+            command=[spec.python, "-c", BOOTSTRAP],
+            stdin_open=True,
+            detach=False,  # docker-py sets "stdin once" only so: stdin closes when we go away
+            labels=dict(labels),
+            host_config=host_config(client, spec),
+            environment={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"},
+            working_dir="/tmp",
+        )
+        self.id: str = created["Id"]
+        self.name = self.id[:12]
+        try:
+            attached = client.api.attach_socket(self.id, params={"stdin": 1, "stdout": 1, "stream": 1})
+            self._attached = attached  # the SocketIO owning the connection: closed with it
+            self._socket: socket.socket = attached._sock
+            self._output = _OutputReader(self._socket)
+            client.api.start(self.id)
+            bundle = runtime_bundle()
+            self._socket.sendall(struct.pack(">Q", len(bundle)) + bundle)
+        except BaseException:
+            self.remove()
+            raise
+
+    def run(self, message: bytes, timeout: float | None) -> tuple[bool, Any, float, float]:
+        """Send one task message and wait for its answer: ``(ok, value, started, seconds)``.
+
+        Raises :class:`TaskTimedOut` (the container is killed) past ``timeout`` plus a grace
+        period, and :class:`TaskLost` saying why if the container dies first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout + KILL_GRACE_SECONDS
+        try:
+            self._socket.sendall(frame(message))
+            reply = self._output.read_frame(deadline)
+        except TimeoutError:
+            self.kill()
+            raise TaskTimedOut(timeout or 0.0) from None
+        except (EOFError, OSError):
+            raise TaskLost(self.diagnose()) from None
+        _key, ok, value, started, seconds = loads(reply)
+        return ok, value, started, seconds
+
+    def stop(self) -> None:
+        """Ask the container to finish (it exits on its own), then remove it."""
+        try:
+            self._socket.sendall(frame(STOP))
+            self._client.api.wait(self.id, timeout=5)
+        except Exception:  # it may be dead already; remove() kills it either way
+            pass
+        self.remove()
+
+    def kill(self) -> None:
+        """Stop the container at once (it stays until :meth:`remove`, so it can be inspected)."""
+        try:
+            self._client.api.kill(self.id)
+        except Exception:  # already stopped or gone
+            pass
+
+    def remove(self) -> None:
+        """Kill and delete the container; safe to call more than once."""
+        for stream in (getattr(self, "_attached", None), getattr(self, "_socket", None)):
+            try:
+                if stream is not None:
+                    stream.close()
+            except Exception:
+                pass
+        try:
+            self._client.api.remove_container(self.id, force=True)
+        except Exception as exc:
+            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+                raise
+
+    def diagnose(self) -> str:
+        """Why the container stopped answering: its exit code, OOM kill, and its stderr's end."""
+        try:
+            self._client.api.wait(self.id, timeout=10)
+            state = self._client.api.inspect_container(self.id)["State"]
+            stderr = self._client.api.logs(self.id, stdout=False, stderr=True, tail=STDERR_TAIL_LINES)
+        except Exception as exc:
+            return f"container {self.name} ({self.spec.describe()}) went away: {exc}"
+        if state.get("OOMKilled"):
+            cause = f"was OOMKilled: it used more than its memory limit ({self.spec.memory})"
+        elif state.get("Running"):
+            cause = "stopped answering"
+        else:
+            cause = f"exited with code {state.get('ExitCode')}"
+        detail = f"container {self.name} ({self.spec.describe()}) {cause}"
+        text = stderr.decode(errors="replace").strip()
+        return f"{detail}; the end of its stderr:\n{text}" if text else detail
+
+
+class _OutputReader:
+    """Reads framed messages from a container's attached stdout.
+
+    Docker wraps everything the container writes in frames of its own (an 8-byte header: stream
+    number, then payload size); inside those, our messages carry their own length prefix.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._buffer = bytearray()
+
+    def read_frame(self, deadline: float | None) -> bytes:
+        while True:
+            if len(self._buffer) >= 8:
+                (size,) = struct.unpack_from(">Q", self._buffer)
+                if len(self._buffer) >= 8 + size:
+                    payload = bytes(self._buffer[8 : 8 + size])
+                    del self._buffer[: 8 + size]
+                    return payload
+            header = self._receive(8, deadline)
+            _stream, size = struct.unpack(">BxxxL", header)
+            self._buffer += self._receive(size, deadline)
+
+    def _receive(self, size: int, deadline: float | None) -> bytes:
+        chunks = bytearray()
+        while len(chunks) < size:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self._socket.settimeout(left)
+            else:
+                self._socket.settimeout(None)
+            data = self._socket.recv(min(size - len(chunks), 1 << 20))
+            if not data:
+                raise EOFError("the container's output closed")
+            chunks += data
+        return bytes(chunks)

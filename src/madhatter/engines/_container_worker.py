@@ -1,0 +1,53 @@
+"""The loop a container runs: tasks in on stdin, results out on stdout (the ``docker`` engine).
+
+This module runs *inside* the container, from the runtime bundle the engine sends on start-up
+(see ``_bundle.py``), so it needs nothing but the standard library and cloudpickle. Messages are
+length-prefixed (:func:`frame`). Standard output is reserved for them: file descriptor 1 is
+pointed at standard error before any task runs, so a step's ``print`` lands in the container's
+log instead of corrupting the channel.
+
+The container needs no signal handling of its own: the engine stops it through Docker, and when
+the driver goes away the container's standard input closes (Docker's "stdin once"), which ends
+the loop and the container.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from typing import BinaryIO
+
+from ._worker import serve
+
+_HEADER = struct.Struct(">Q")
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with its length in front, as it travels on the container's stdin and stdout."""
+    return _HEADER.pack(len(payload)) + payload
+
+
+def read_frame(stream: BinaryIO) -> bytes:
+    """The next framed message on ``stream``; ``EOFError`` at its end."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError("the channel closed")
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError("the channel closed mid-message")
+    return payload
+
+
+def main() -> None:
+    """Serve tasks until told to stop or the driver goes away."""
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # from now on, anything printed goes to stderr, never into the channel
+    requests = sys.stdin.buffer
+
+    def send(message: bytes) -> None:
+        channel.write(frame(message))
+        channel.flush()
+
+    serve(lambda: read_frame(requests), send)
