@@ -125,10 +125,12 @@ def throughput(image: str, repeats: int) -> None:
             lambda: check(isolated.run(engine="docker", workers=WORKERS, image=image, inline=False)),
         ),
     ]
-    for _, run in contestants:
-        run()  # warm-up: imports, the image check, forks
-    results = [(name, *_best(run, repeats)) for name, run in contestants]
-    kept.shutdown(cancel_pending=False)
+    try:
+        for _, run in contestants:
+            run()  # warm-up: imports, the image check, forks
+        results = [(name, *_best(run, repeats)) for name, run in contestants]
+    finally:
+        kept.shutdown(cancel_pending=False)
     reference = results[0][1]
     serial = bench_local.W1_ITEM_SECONDS * W1_ITEMS
     print(f"{'contestant':36s} {'best s':>8s} {'median s':>9s} {'vs processes':>13s} {'overhead':>9s}")

@@ -31,6 +31,7 @@ from madhatter import (
     postprocess,
     preprocess,
 )
+from madhatter.engines import get_engine
 from madhatter.events import ChunkRetried, Event, RunStarted
 from madhatter.testing import RecordingListener
 
@@ -434,3 +435,35 @@ def test_prune_removes_what_a_killed_driver_left(
     )
     assert "removed 2 container(s)" in pruned.stdout
     assert madhatter_containers() == []
+
+
+# -- the run's engine options reach steps that name the engine ---------------------------------
+
+
+def _hostname(x: int) -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def test_a_step_naming_the_runs_engine_gets_the_runs_image(
+    image: str, madhatter_containers: Any
+) -> None:
+    # isolate= picks the docker engine for the step; the image comes from the run
+    step = depends(twelve)(parallel.map(isolate="task", chunk_by=6, name="fresh")(_hostname))
+    hosts = _through(twelve, step).run(engine="docker", image=image, workers=2)
+    assert len(hosts) == 12
+    assert len(set(hosts)) == 2  # two chunks, a fresh container each
+
+
+def test_an_engine_instance_keeps_its_warm_containers_across_runs(
+    image: str, madhatter_containers: Any
+) -> None:
+    step = depends(twelve)(parallel.map(chunk_by=12, name="warm")(_hostname))
+    pipeline = _through(twelve, step)
+    with get_engine("docker", image=image, workers=1) as engine:
+        first = pipeline.run(engine=engine, inline=False)
+        second = pipeline.run(engine=engine, inline=False)
+        assert len(madhatter_containers()) == 1  # still up between runs, until shutdown
+    assert set(first) == set(second)
+    assert len(set(first)) == 1

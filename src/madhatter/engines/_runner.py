@@ -92,10 +92,11 @@ class EngineSet:
     def get(self, name: str | None) -> Engine:
         key = name or self.default_name
         if key not in self._engines:
-            if name is None and not isinstance(self._default, str):
+            # A step naming the run's own engine gets the run's engine, options and all.
+            if key == self.default_name and not isinstance(self._default, str):
                 self._engines[key] = self._default
             else:
-                options = self._options if name is None else {}
+                options = self._options if key == self.default_name else {}
                 self._engines[key] = get_engine(key, workers=self._workers, **options)
         return self._engines[key]
 
