@@ -58,14 +58,16 @@ def wrong_python_image(docker_client: Any, image: str) -> str:
 
 @pytest.fixture
 def madhatter_containers(docker_client: Any) -> Iterator[Any]:
-    """A function listing madhatter's containers (running or not); the test must leave none."""
+    """A function listing madhatter's containers (running or not, as the daemon's listing
+    dicts: ``Id``, ``State``, ...); the test must leave none behind."""
 
-    def listing() -> list[Any]:
-        return list(docker_client.containers.list(all=True, filters=LABEL_FILTER))
+    def listing() -> list[dict[str, Any]]:
+        # the low-level listing: one request, no inspection of containers that may be gone
+        return list(docker_client.api.containers(all=True, filters=LABEL_FILTER))
 
     assert listing() == [], "containers left over from before this test"
     yield listing
     leftovers = listing()
     for container in leftovers:
-        container.remove(force=True)
+        docker_client.api.remove_container(container["Id"], force=True)
     assert leftovers == [], f"the test left containers behind: {leftovers}"

@@ -10,6 +10,7 @@ import inspect
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 from madhatter import (
     EngineError,
     Pipeline,
+    RunCancelled,
     StepFailed,
     TaskTimeout,
     WorkerLost,
@@ -56,7 +58,7 @@ def test_examples_give_the_serial_result_in_containers(
 ) -> None:
     pipeline = _example(example)
     expected = pipeline.run(engine="serial", params=params)
-    got = pipeline.run(engine="docker", image=image, workers=2, params=params, inline=False)
+    got = pipeline.run(engine="docker", image=image, workers=2, params=params)
     assert got == expected
 
 
@@ -64,9 +66,7 @@ def test_words_reads_its_files_through_a_read_only_mount(image: str, madhatter_c
     pipeline = _example("words")
     expected = pipeline.run(engine="serial", params={"files": 30})
     corpus = pathlib.Path(tempfile.gettempdir()) / "madhatter-words-sample-30"  # the serial run wrote it
-    got = pipeline.run(
-        engine="docker", image=image, mounts=[str(corpus)], params={"files": 30}, inline=False
-    )
+    got = pipeline.run(engine="docker", image=image, mounts=[str(corpus)], params={"files": 30})
     assert got == expected
 
 
@@ -397,7 +397,7 @@ def _start_slow_run(tmp_path: pathlib.Path, image: str) -> subprocess.Popen[str]
 
 
 def _wait_for_running(listing: Any, count: int, wait_until: Any) -> None:
-    assert wait_until(lambda: sum(c.status == "running" for c in listing()) >= count, timeout=60)
+    assert wait_until(lambda: sum(c["State"] == "running" for c in listing()) >= count, timeout=60)
 
 
 def test_ctrl_c_stops_the_run_and_removes_every_container(
@@ -462,8 +462,41 @@ def test_an_engine_instance_keeps_its_warm_containers_across_runs(
     step = depends(twelve)(parallel.map(chunk_by=12, name="warm")(_hostname))
     pipeline = _through(twelve, step)
     with get_engine("docker", image=image, workers=1) as engine:
-        first = pipeline.run(engine=engine, inline=False)
-        second = pipeline.run(engine=engine, inline=False)
+        first = pipeline.run(engine=engine)
+        second = pipeline.run(engine=engine)
         assert len(madhatter_containers()) == 1  # still up between runs, until shutdown
     assert set(first) == set(second)
     assert len(set(first)) == 1
+    # far too cheap to be worth shipping, but a container step never runs in the driver
+    assert socket.gethostname() not in first
+
+
+@depends(twelve)
+@parallel.map(n=2, chunk_by=1, image="madhatter-test/python:3.11")
+def sleeps_long(x: int) -> int:
+    time.sleep(60)
+    return x
+
+
+def test_cancelling_a_run_stops_and_removes_its_containers(
+    image: str, madhatter_containers: Any, wait_until: Any
+) -> None:
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _through(twelve, sleeps_long).run(cancel=cancel)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        _wait_for_running(madhatter_containers, 2, wait_until)
+    finally:
+        cancel.set()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert [type(error) for error in outcome] == [RunCancelled]
+    assert madhatter_containers() == []

@@ -109,6 +109,8 @@ class Engine(abc.ABC):
       probe, which could only decide to do the same.
     * ``keeps_results``: the engine can leave a task's output on its cluster (``Task.keep_output``)
       for later tasks to read there, so data between steps never goes through the driver.
+    * ``own_environment``: tasks need the engine's environment (a container image with its own
+      libraries), so the runner never runs them in the driver, however cheap they are.
 
     Engines are context managers: leaving the ``with`` block shuts the engine down, cancelling
     pending work if the block raised.
@@ -121,6 +123,7 @@ class Engine(abc.ABC):
     handles_retries: ClassVar[bool] = False
     keeps_results: ClassVar[bool] = False
     runs_inline: ClassVar[bool] = False
+    own_environment: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

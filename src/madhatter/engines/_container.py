@@ -26,7 +26,6 @@ from ._base import TaskLost, TaskTimedOut
 from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import frame
 from ._serialize import loads
-from ._worker import STOP
 
 LABEL = "io.madhatter.engine"
 """Every container the engine starts carries this label (value ``docker``)."""
@@ -100,7 +99,8 @@ class ContainerWorker:
         try:
             attached = client.api.attach_socket(self.id, params={"stdin": 1, "stdout": 1, "stream": 1})
             self._attached = attached  # the SocketIO owning the connection: closed with it
-            self._socket: socket.socket = attached._sock
+            # a SocketIO over a plain socket; over TLS (an https:// DOCKER_HOST) the socket itself
+            self._socket: socket.socket = getattr(attached, "_sock", attached)
             self._output = _OutputReader(self._socket)
             client.api.start(self.id)
             bundle = runtime_bundle()
@@ -117,6 +117,7 @@ class ContainerWorker:
         """
         deadline = None if timeout is None else time.monotonic() + timeout + KILL_GRACE_SECONDS
         try:
+            self._socket.settimeout(None)  # not the last read's deadline: sending is not the task
             self._socket.sendall(frame(message))
             reply = self._output.read_frame(deadline)
         except TimeoutError:
@@ -124,16 +125,19 @@ class ContainerWorker:
             raise TaskTimedOut(timeout or 0.0) from None
         except (EOFError, OSError):
             raise TaskLost(self.diagnose()) from None
-        _key, ok, value, started, seconds = loads(reply)
+        try:
+            _key, ok, value, started, seconds = loads(reply)
+        except Exception as exc:  # the container is fine; its answer cannot be read here
+            error = RuntimeError(
+                f"the task's result cannot be loaded in the driver: {type(exc).__name__}: {exc}"
+            )
+            return False, error, time.time(), 0.0
         return ok, value, started, seconds
 
     def stop(self) -> None:
-        """Ask the container to finish (it exits on its own), then remove it."""
-        try:
-            self._socket.sendall(frame(STOP))
-            self._client.api.wait(self.id, timeout=5)
-        except Exception:  # it may be dead already; remove() kills it either way
-            pass
+        """Stop and remove the container. It holds no state worth a graceful exit, and killing
+        it is ~80 ms faster than asking it to finish and waiting (a cost fresh-per-task
+        containers pay on every task)."""
         self.remove()
 
     def kill(self) -> None:
@@ -154,7 +158,8 @@ class ContainerWorker:
         try:
             self._client.api.remove_container(self.id, force=True)
         except Exception as exc:
-            if getattr(getattr(exc, "response", None), "status_code", None) != 404:
+            # 404: gone already; 409: its removal is already in progress
+            if getattr(getattr(exc, "response", None), "status_code", None) not in (404, 409):
                 raise
 
     def diagnose(self) -> str:
@@ -196,8 +201,11 @@ class _OutputReader:
                     del self._buffer[: 8 + size]
                     return payload
             header = self._receive(8, deadline)
-            _stream, size = struct.unpack(">BxxxL", header)
-            self._buffer += self._receive(size, deadline)
+            stream, size = struct.unpack(">BxxxL", header)
+            payload = self._receive(size, deadline)
+            if stream not in (0, 1):  # 1 is stdout; 3 is the daemon reporting an error
+                raise EOFError(f"Docker sent stream {stream}: {payload[:200]!r}")
+            self._buffer += payload
 
     def _receive(self, size: int, deadline: float | None) -> bytes:
         chunks = bytearray()

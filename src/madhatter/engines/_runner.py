@@ -364,7 +364,12 @@ class Scheduler:
             output,
             engine,
             self.run,
-            inline_allowed=self.inline and _may_run_inline(stage) and not upstream_remote,
+            inline_allowed=(
+                self.inline
+                and not engine.own_environment
+                and _may_run_inline(stage)
+                and not upstream_remote
+            ),
             keep_output=self._keeps_output(stage, engine),
         )
         self.runners[stage.name] = runner

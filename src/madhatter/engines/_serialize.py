@@ -69,24 +69,35 @@ _by_value_lock = threading.Lock()
 def dumps_portable(value: Any, *, function: bool) -> bytes:
     """Pickle ``value`` (with :func:`dumps_function` or :func:`dumps_data`) for a process that
     cannot import the driver's own code: modules it references that are not installed packages
-    (the user's script, a test module, a helper next to them) are pickled by value."""
+    (the user's script, a test module, a helper next to them) are pickled by value, and so are
+    the local modules those reference in turn."""
     blob = dumps_function(value) if function else dumps_data(value)
-    local = [name for name in list(sys.modules) if name.encode() in blob and _is_local(name)]
-    if not local:
+    candidates = _local_modules()
+    wanted = {name for name in candidates if name.encode() in blob}
+    if not wanted:
         return blob
     with _by_value_lock:
-        added = []
-        for name in local:
-            module = sys.modules.get(name)
-            if module is not None and not _registered_by_value(module):
-                cloudpickle.register_pickle_by_value(module)
-                added.append(module)
-        try:
-            result: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
-        finally:
-            for module in added:
-                cloudpickle.unregister_pickle_by_value(module)
-    return result
+        while True:  # by value, a module's code may name further local modules: repeat
+            added = []
+            for name in wanted:
+                module = sys.modules.get(name)
+                if module is not None and not _registered_by_value(module):
+                    cloudpickle.register_pickle_by_value(module)
+                    added.append(module)
+            try:
+                result: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+            finally:
+                for module in added:
+                    cloudpickle.unregister_pickle_by_value(module)
+            more = {name for name in candidates if name.encode() in result} - wanted
+            if not more:
+                return result
+            wanted |= more
+
+
+def _local_modules() -> list[str]:
+    """The names of the loaded modules that are the driver's own code (see :func:`_is_local`)."""
+    return [name for name in list(sys.modules) if _is_local(name)]
 
 
 def _registered_by_value(module: Any) -> bool:

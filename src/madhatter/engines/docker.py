@@ -36,7 +36,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -78,6 +78,7 @@ class _Slot:
     reusable: bool
     inbox: queue.SimpleQueue[_Job | None] = dataclasses.field(default_factory=queue.SimpleQueue)
     busy: bool = True
+    retiring: bool = False  # told to stop, to make room for a container of another kind
     worker: ContainerWorker | None = None
     thread: threading.Thread | None = None
 
@@ -99,6 +100,7 @@ class DockerEngine(Engine):
     ships_data = True
     target_task_seconds = 0.5
     tasks_per_worker = 1
+    own_environment = True  # a step in a container may need the image's libraries
 
     def __init__(
         self,
@@ -217,16 +219,32 @@ class DockerEngine(Engine):
 
     def _probe_python(self, spec: ContainerSpec) -> str:
         command = [spec.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
+        needs = f"madhatter needs Python {sys.version_info.major}.{sys.version_info.minor} in the image"
+        container = None
         try:
-            output = self._client.containers.run(
-                spec.image, command, network_mode="none", remove=True, labels=self._labels
+            container = self._client.containers.create(
+                spec.image, command, network_mode="none", labels=self._labels
             )
-        except (docker.errors.ContainerError, docker.errors.APIError) as exc:
+            container.start()
+            status = container.wait(timeout=120).get("StatusCode")
+            output = bytes(container.logs(stdout=True, stderr=False)).decode().strip()
+            errors = bytes(container.logs(stdout=False, stderr=True)).decode().strip()
+        except docker.errors.APIError as exc:
             raise EngineError(
-                f"Docker image {spec.image!r} cannot run {spec.python!r} (madhatter needs Python "
-                f"{sys.version_info.major}.{sys.version_info.minor} in the image): {exc}"
+                f"Docker image {spec.image!r} cannot run {spec.python!r} ({needs}): {exc}"
             ) from None
-        return bytes(output).decode().strip()
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+        if status != 0:
+            raise EngineError(
+                f"Docker image {spec.image!r} cannot run {spec.python!r} ({needs}): exit code "
+                f"{status}: {errors[-500:]}"
+            )
+        return output
 
     # -- the driver's side -----------------------------------------------------------------
 
@@ -251,11 +269,15 @@ class DockerEngine(Engine):
 
         Called with the lock held, whenever a task arrives or a container becomes free.
         """
+        making_room = sum(1 for slot in self._slots if slot.retiring)
         for job in list(self._pending):
             slot = next(
                 (s for s in self._slots if not s.busy and s.reusable and s.spec == job.spec), None
             )
             if slot is None and len(self._slots) >= self._size:
+                if making_room:
+                    making_room -= 1  # a container already on its way out will make room
+                    continue
                 idle = next((s for s in self._slots if not s.busy), None)
                 if idle is not None:
                     self._retire(idle)  # an idle container of another kind makes room
@@ -269,7 +291,7 @@ class DockerEngine(Engine):
 
     def _retire(self, slot: _Slot) -> None:
         """Stop an idle container; it keeps its place (so the cap holds) until it is gone."""
-        slot.busy = True
+        slot.busy = slot.retiring = True
         slot.inbox.put(None)
 
     def _start_slot(self, job: _Job) -> None:
@@ -283,55 +305,62 @@ class DockerEngine(Engine):
     # -- one container's thread ------------------------------------------------------------
 
     def _serve(self, slot: _Slot, job: _Job | None) -> None:
-        """Start a container, then run the jobs it is given until it is retired or dies."""
+        """Start a container, then run the jobs it is given until it is retired or dies.
+
+        A task's future is resolved only once its container is free again (or gone, and its
+        place given up): the runner submits the next task the moment it sees the result, and
+        that task must find the container idle, or the step's ``n`` would not hold.
+        """
         assert job is not None
         try:
             worker = ContainerWorker(self._client, slot.spec, self._labels)
         except Exception as exc:
-            self._fail(job, TaskLost(f"could not start a container ({slot.spec.describe()}): {exc}"))
             self._release(slot)
+            self._fail(job, TaskLost(f"could not start a container ({slot.spec.describe()}): {exc}"))
             return
         with self._lock:
             slot.worker, cancelled = worker, self._cancelling
         try:
             while job is not None and not cancelled:
-                if not slot.reusable:  # one task, and the container is gone before its result
-                    self._run(worker, job, before_result=worker.stop)
-                    break
-                if not self._run(worker, job):
-                    break
+                alive, outcome = self._run(worker, job)
+                if not (alive and slot.reusable):  # fresh per task, or dead: gone before the result
+                    _stop_quietly(worker)
+                    self._release(slot)
+                    self._resolve(job, outcome)
+                    return
                 with self._lock:
                     slot.busy = False
                     self._dispatch()
                     self._changed.notify_all()
+                self._resolve(job, outcome)
                 job = slot.inbox.get()
             if job is not None and cancelled:
                 self._fail(job, TaskLost("the run was stopped before the task started"))
         finally:
-            worker.stop()
-            self._release(slot)
+            try:
+                _stop_quietly(worker)
+            finally:
+                self._release(slot)
 
-    def _run(
-        self, worker: ContainerWorker, job: _Job, before_result: Callable[[], None] | None = None
-    ) -> bool:
-        """Run ``job`` in ``worker`` and resolve its future (after ``before_result``, if given).
-        False if the container died or was killed."""
+    def _run(self, worker: ContainerWorker, job: _Job) -> tuple[bool, TaskResult | BaseException]:
+        """Run ``job`` in ``worker``: ``(container still alive, result or error)``."""
         key, function_key, argument = job.message_parts
         function = None if function_key in worker.functions else self._functions[function_key]
         message = dumps_data((key, function_key, function, argument))
         try:
             ok, value, started, seconds = worker.run(message, job.task.timeout)
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died
-            self._fail(job, exc)
-            return False
+            return False, exc
         worker.functions.add(function_key)
-        if before_result is not None:
-            before_result()
         if ok:
-            self._succeed(job, TaskResult(value, f"container-{worker.name}", started, seconds))
+            return True, TaskResult(value, f"container-{worker.name}", started, seconds)
+        return True, value
+
+    def _resolve(self, job: _Job, outcome: TaskResult | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self._fail(job, outcome)
         else:
-            self._fail(job, value)
-        return True
+            self._succeed(job, outcome)
 
     def _release(self, slot: _Slot) -> None:
         with self._lock:
@@ -372,21 +401,34 @@ class DockerEngine(Engine):
         for slot in slots:
             if slot.thread is not None:
                 slot.thread.join()
-        self._remove_leftovers()
-        self._client.close()
+        try:
+            self._remove_leftovers()
+        finally:
+            self._client.close()
 
     def _idle(self) -> bool:
         return not self._pending and not any(slot.busy for slot in self._slots)
 
     def _remove_leftovers(self) -> None:
         """Remove any container of this engine still there (one whose thread was still creating
-        it when the run was cancelled, say)."""
+        it when the run was cancelled, say). Errors here must not hide the run's own outcome."""
         mine = {"label": f"{RUN_LABEL}={self._id}"}
-        for container in self._client.containers.list(all=True, filters=mine):
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
+        try:
+            for container in self._client.api.containers(all=True, filters=mine):
+                try:
+                    self._client.api.remove_container(container["Id"], force=True)
+                except docker.errors.APIError:  # gone, or its removal already in progress
+                    pass
+        except docker.errors.DockerException:
+            pass
+
+
+def _stop_quietly(worker: ContainerWorker) -> None:
+    """Remove a container; a failure to (a daemon hiccup) is left for the final sweep."""
+    try:
+        worker.stop()
+    except Exception:
+        pass
 
 
 def prune(*, include_running: bool = False, base_url: str | None = None) -> list[str]:
@@ -397,8 +439,8 @@ def prune(*, include_running: bool = False, base_url: str | None = None) -> list
     removed = []
     try:
         for container in client.containers.list(all=True, filters={"label": f"{LABEL}=docker"}):
-            if container.status == "running" and not include_running:
-                continue
+            if container.status not in ("exited", "dead") and not include_running:
+                continue  # created, running or paused: it may belong to a live run
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
