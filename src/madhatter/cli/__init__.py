@@ -18,6 +18,7 @@ from ..engines import engine_names
 from ._docker import add_docker_command
 from ._graph import add_graph_command
 from ._run import add_run_command
+from ._service import add_service_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run_command(commands)
     add_graph_command(commands)
+    add_service_commands(commands)
     add_docker_command(commands)
     return parser
 

@@ -1,0 +1,47 @@
+// Follows one run over server-sent events and updates its progress table in place.
+// The page is complete without this script; it only spares the reader a reload.
+(function () {
+  "use strict";
+  const root = document.getElementById("run");
+  if (!root || !window.EventSource) return;
+  const id = root.dataset.runId;
+  const body = document.getElementById("steps-body");
+  const status = document.getElementById("run-status");
+  const items = document.getElementById("run-items");
+  const wasTerminal = root.dataset.terminal === "true";
+  const source = new EventSource("/api/runs/" + encodeURIComponent(id) + "/stream");
+
+  function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
+
+  function row(step) {
+    const tr = document.createElement("tr");
+    tr.appendChild(cell(step.name));
+    const td = document.createElement("td");
+    const bar = document.createElement("progress");
+    bar.max = 100; bar.value = step.percent;
+    bar.setAttribute("aria-label", "progress of step " + step.name);
+    bar.dataset.step = step.name;
+    td.appendChild(bar);
+    tr.appendChild(td);
+    tr.appendChild(cell(step.percent.toFixed(0) + "%"));
+    const source = step.total === 0 && step.items_out > 0;  // a source: items out, none in
+    tr.appendChild(cell(source ? step.items_out + " out" : step.done + (step.total !== null ? " / " + step.total : "")));
+    tr.appendChild(cell(step.rate.toFixed(1) + " items/s"));
+    return tr;
+  }
+
+  source.addEventListener("progress", function (e) {
+    const data = JSON.parse(e.data);
+    root.dataset.updates = String(Number(root.dataset.updates || 0) + 1);
+    status.textContent = data.status;
+    status.className = "status status-" + data.status;
+    items.textContent = data.items;
+    if (data.steps.length) {
+      body.replaceChildren.apply(body, data.steps.map(row));
+    }
+  });
+  source.addEventListener("end", function () {
+    source.close();
+    if (!wasTerminal) window.location.reload();  // show the result, timeline and logs
+  });
+})();
