@@ -1,0 +1,100 @@
+"""End to end in a real headless Chromium (Debian's ``chromium``, driven by Playwright): start a run
+from the form, watch its progress reach 100% live, open the result; a screenshot of the run page is
+kept under ``artifacts/`` (git-ignored) for CI to collect."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+from service_helpers import Server, free_port, write_pipeline
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+STEADY = """
+import time
+from madhatter import depends, parallel, postprocess, preprocess
+
+@preprocess
+def items(n: int = 10):
+    return list(range(n))
+
+@depends(items)
+@parallel.map(chunk_by=2, timeout=60)
+def square(x):
+    time.sleep(0.02)
+    return x * x
+
+@depends(square)
+@postprocess
+def total(values):
+    return {"count": len(values), "sum": sum(values)}
+"""
+
+
+@pytest.fixture
+def server(tmp_path: pathlib.Path) -> Iterator[Server]:
+    pipeline = write_pipeline(tmp_path, "steady", STEADY)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    args = [str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads"]
+    started = Server(args, free_port(), tmp_path / "server.log")
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def test_a_run_started_from_the_form_is_followed_live_to_its_result(
+    server: Server, wait_until: Callable[..., bool]
+) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright (pip install playwright)"
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 420, "height": 900})  # a narrow screen
+            page.goto(server.url + "/")
+            page.get_by_label("n (int, default 10)", exact=True).fill("60")
+            page.get_by_role("button", name="Start a run of steady").click()
+            page.wait_for_url("**/runs/*")
+            run_id = page.url.rpartition("/")[2]
+
+            # the page follows the run over server-sent events, without a reload
+            page.wait_for_function("Number(document.getElementById('run').dataset.updates || 0) > 0")
+            page.wait_for_selector("#result-preview", timeout=60_000)  # shown once it is over
+            bars = page.locator("progress")
+            assert bars.count() == 3
+            assert bars.evaluate_all("bars => bars.map(bar => bar.value)") == [100, 100, 100]
+            assert page.locator("#run-status").inner_text() == "succeeded"
+            assert "'sum': 70210" in page.locator("#result-preview").inner_text()
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "run-page.png"), full_page=True)
+
+            result = page.goto(f"{server.url}/api/runs/{run_id}/result")
+            assert result is not None
+            assert result.status == 200
+            assert json.loads(result.text()) == {"count": 60, "sum": 70210}
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "run-page.png").stat().st_size > 1000

@@ -1,0 +1,180 @@
+"""The whole service as people start it: real ``madhatter serve`` and ``worker`` processes, driven
+by the ``submit``, ``runs`` and ``status`` commands and over HTTP; the server restarted mid-run."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import pathlib
+import socket
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from service_helpers import Server, Workers, write_pipeline
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+TRIVIAL = """
+from madhatter import depends, parallel, postprocess, preprocess
+
+@preprocess
+def numbers(n: int = 4):
+    return list(range(n))
+
+@depends(numbers)
+@parallel.map
+def double(x):
+    return 2 * x
+
+@depends(double)
+@postprocess
+def total(values):
+    return sum(values)
+"""
+
+GATED = """
+import os, pathlib, time
+from madhatter import depends, postprocess, preprocess
+
+@preprocess
+def gate(folder: str = ""):
+    here = pathlib.Path(folder)
+    (here / f"started-{os.getpid()}").touch()
+    while not (here / "open").exists():
+        time.sleep(0.02)
+    return [os.getpid()]
+
+@depends(gate)
+@postprocess
+def who(pids):
+    return pids[0]
+"""
+
+
+@pytest.fixture
+def servers(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(*args: str, port: int | None = None) -> Server:
+        server = Server(list(args), port or free_port(), tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "madhatter", *args, "--url", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def test_one_command_serves_and_works_and_the_cli_talks_to_it(
+    tmp_path: pathlib.Path, servers: Callable[..., Server]
+) -> None:
+    pipeline = write_pipeline(tmp_path, "trivial", TRIVIAL)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    server = servers(str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads")
+
+    done = cli("submit", "trivial", "--param", "n=5", "--wait", url=server.url)
+    assert (done.returncode, done.stdout) == (0, "20\n"), done.stderr
+    queued = cli("submit", "trivial", "--param", "n=nope", url=server.url)
+    assert queued.returncode == 1
+    assert "n: parameter 'n' expects int" in queued.stderr
+    unknown = cli("submit", "missing", url=server.url)
+    assert unknown.returncode == 1
+    assert "no pipeline named 'missing'" in unknown.stderr
+
+    listing = cli("runs", url=server.url)
+    assert listing.returncode == 0
+    (row,) = listing.stdout.splitlines()[1:]
+    run_id = row.split()[0]
+    assert row.split()[1:4] == ["trivial", "succeeded", "5"]
+    status = cli("status", run_id, url=server.url)
+    assert status.returncode == 0
+    assert "status: succeeded" in status.stdout
+    assert 'params: {"n": 5}' in status.stdout
+    assert cli("status", "nope", url=server.url).returncode == 1
+    submitted_by = get_json(f"{server.url}/api/runs/{run_id}")["submitted_by"]
+    assert submitted_by.endswith(f"@{socket.gethostname()}")
+
+
+def test_a_server_with_a_token_refuses_clients_without_it(
+    tmp_path: pathlib.Path, servers: Callable[..., Server]
+) -> None:
+    pipeline = write_pipeline(tmp_path, "trivial", TRIVIAL)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    server = servers(str(pipeline), "--broker", broker, "--token", "s3cret-token")
+    refused = cli("runs", url=server.url)
+    assert refused.returncode == 1
+    assert "401 a token is required" in refused.stderr
+    assert cli("runs", "--token", "wrong", url=server.url).returncode == 1
+    allowed = cli("submit", "trivial", "--token", "s3cret-token", url=server.url)
+    assert allowed.returncode == 0, allowed.stderr
+    server.stop()
+    assert "s3cret-token" not in server.log.read_text()  # never logged
+    with contextlib.closing(sqlite3.connect(tmp_path / "madhatter.db")) as db:  # nor stored as is
+        stored = db.execute("SELECT value FROM meta WHERE key = 'token_sha256'").fetchone()[0]
+    assert stored == hashlib.sha256(b"s3cret-token").hexdigest()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_server_restarted_mid_run_loses_nothing(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: pathlib.Path,
+    servers: Callable[..., Server],
+    workers: Workers,
+    wait_until: Callable[..., bool],
+) -> None:
+    if backend == "redis":
+        broker = f"{request.getfixturevalue('redis_server')}/1"
+        import redis
+
+        with redis.Redis.from_url(broker) as client:
+            client.flushdb()
+    else:
+        broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    pipeline = write_pipeline(tmp_path, "gated", GATED)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    port = free_port()
+    server = servers(str(pipeline), "--broker", broker, port=port)
+    workers.start(broker, "--engine", "serial")  # the pipelines the server recorded in the store
+    submitted = cli("submit", "gated", "--param", f"folder={gate}", url=server.url)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+    assert wait_until(lambda: list(gate.glob("started-*")), timeout=60), workers.logs()
+
+    server.kill()
+    again = servers(str(pipeline), "--broker", broker, port=port)
+    assert get_json(f"{again.url}/api/runs/{run_id}")["status"] == "running"
+    (gate / "open").touch()
+
+    def status() -> str:
+        return str(get_json(f"{again.url}/api/runs/{run_id}")["status"])
+
+    assert wait_until(lambda: status() == "succeeded", timeout=60), workers.logs()
+    run = get_json(f"{again.url}/api/runs/{run_id}")
+    assert (run["attempt"], run["lost"]) == (1, 0)  # the worker never noticed the restart
+    with urllib.request.urlopen(f"{again.url}/runs/{run_id}", timeout=10) as page:
+        html = page.read().decode()
+    assert "status-succeeded" in html
+    assert 'id="result-preview"' in html
