@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pathlib
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -178,3 +180,33 @@ def test_a_server_restarted_mid_run_loses_nothing(
         html = page.read().decode()
     assert "status-succeeded" in html
     assert 'id="result-preview"' in html
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_the_with_worker_worker_stops_when_serve_is_killed(
+    tmp_path: pathlib.Path, servers: Callable[..., Server], wait_until: Callable[..., bool]
+) -> None:
+    pipeline = write_pipeline(tmp_path, "trivial", TRIVIAL)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    server = servers(str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads")
+    assert server.process is not None
+    serve_pid = server.process.pid
+    children = [
+        int(entry.name)
+        for entry in pathlib.Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and _alive(int(entry.name))
+        and pathlib.Path(entry, "stat").read_text().rpartition(")")[2].split()[1] == str(serve_pid)
+    ]
+    assert len(children) == 1  # the worker
+    os.kill(serve_pid, signal.SIGKILL)  # serve only, not its process group: no chance to clean up
+    server.process.wait()
+    assert wait_until(lambda: not _alive(children[0]), timeout=20)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from .._params import parse_assignments
@@ -23,6 +24,9 @@ from .._pipeline import DEFAULT_ENGINE
 from ..engines import engine_names
 from ._run import print_result
 
+PARENT_POLL_SECONDS = 0.5
+PARENT_ENV = "MADHATTER_PARENT_PID"
+"""Set for the worker that ``serve --with-worker`` starts: the worker stops when serve does."""
 BROKER_HELP = "the run store: sqlite:///FILE (default sqlite:///madhatter.db) or redis://HOST:PORT/DB"
 
 
@@ -126,7 +130,9 @@ def serve_command(args: argparse.Namespace) -> int:
             "--engine",
             args.engine,
         ]
-        worker = subprocess.Popen(command)
+        # uvicorn re-raises SIGTERM once it has stopped, which ends this process before any
+        # `finally` of ours: the worker must stop with us by itself (see worker_command)
+        worker = subprocess.Popen(command, env={**os.environ, PARENT_ENV: str(os.getpid())})
     print(
         f"madhatter: serving {', '.join(registry.names()) or 'no pipelines'} on "
         f"http://{args.host}:{args.port} (store {store.url})",
@@ -143,7 +149,20 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Send ourselves SIGTERM (a graceful stop: the run in hand goes back to the queue) once
+    the process that started us is gone, however it ended."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_command(args: argparse.Namespace) -> int:
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is not None:  # started by `serve --with-worker`: stop (gracefully) when it does
+        if os.getppid() != int(parent):
+            return 0  # it is gone already
+        threading.Thread(target=_stop_with_parent, args=(int(parent),), daemon=True).start()
     from ..service._registry import PIPELINES_META, Registry
     from ..service._store import open_store
     from ..service._worker import Worker
