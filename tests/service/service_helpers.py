@@ -98,3 +98,42 @@ class Server:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+# Pipelines the tests write to files for real `serve` and `worker` processes to load.
+
+TRIVIAL = """
+from madhatter import depends, parallel, postprocess, preprocess
+
+@preprocess
+def numbers(n: int = 4):
+    return list(range(n))
+
+@depends(numbers)
+@parallel.map
+def double(x):
+    return 2 * x
+
+@depends(double)
+@postprocess
+def total(values):
+    return sum(values)
+"""
+
+GATED = """
+import os, pathlib, time
+from madhatter import depends, postprocess, preprocess
+
+@preprocess
+def gate(folder: str = ""):
+    here = pathlib.Path(folder)
+    (here / f"started-{os.getpid()}").touch()
+    while not (here / "open").exists():
+        time.sleep(0.02)
+    return [os.getpid()]
+
+@depends(gate)
+@postprocess
+def who(pids):
+    return pids[0]
+"""

@@ -18,47 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from service_helpers import Server, Workers, write_pipeline
+from service_helpers import GATED, TRIVIAL, Server, Workers, write_pipeline
 
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-TRIVIAL = """
-from madhatter import depends, parallel, postprocess, preprocess
-
-@preprocess
-def numbers(n: int = 4):
-    return list(range(n))
-
-@depends(numbers)
-@parallel.map
-def double(x):
-    return 2 * x
-
-@depends(double)
-@postprocess
-def total(values):
-    return sum(values)
-"""
-
-GATED = """
-import os, pathlib, time
-from madhatter import depends, postprocess, preprocess
-
-@preprocess
-def gate(folder: str = ""):
-    here = pathlib.Path(folder)
-    (here / f"started-{os.getpid()}").touch()
-    while not (here / "open").exists():
-        time.sleep(0.02)
-    return [os.getpid()]
-
-@depends(gate)
-@postprocess
-def who(pids):
-    return pids[0]
-"""
 
 
 @pytest.fixture

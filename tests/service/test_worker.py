@@ -11,48 +11,13 @@ import signal
 from collections.abc import Callable
 
 import pytest
-from service_helpers import Workers, write_pipeline
+from service_helpers import GATED, TRIVIAL, Workers, write_pipeline
 
 from madhatter.service._records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from madhatter.service._store import Store
 
 pytestmark = pytest.mark.slow
 
-TRIVIAL = """
-from madhatter import depends, parallel, postprocess, preprocess
-
-@preprocess
-def numbers(n: int = 4):
-    return list(range(n))
-
-@depends(numbers)
-@parallel.map
-def double(x):
-    return 2 * x
-
-@depends(double)
-@postprocess
-def total(values):
-    return sum(values)
-"""
-
-GATED = """
-import os, pathlib, time
-from madhatter import depends, postprocess, preprocess
-
-@preprocess
-def gate(folder: str = ""):
-    here = pathlib.Path(folder)
-    (here / f"started-{os.getpid()}").touch()
-    while not (here / "open").exists():
-        time.sleep(0.02)
-    return [os.getpid()]
-
-@depends(gate)
-@postprocess
-def who(pids):
-    return pids[0]
-"""
 
 FAILING = """
 from madhatter import depends, parallel, preprocess

@@ -205,13 +205,13 @@ def get_engine(name: str, **options: Any) -> Engine:
     return engine_class(name)(**options)
 
 
-def require_extra(module: str, *, extra: str) -> ModuleType:
-    """Import an optional dependency, or explain which extra to install."""
+def require_extra(module: str, *, extra: str, needed_by: str | None = None) -> ModuleType:
+    """Import an optional dependency, or explain which extra to install (``needed_by`` names
+    what needs it; by default the engine called ``extra``)."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name != module.partition(".")[0]:
             raise  # something else is broken: show the real error
-        raise MissingExtraError(
-            f"the {extra!r} engine needs {module!r}: pip install 'madhatter[{extra}]'"
-        ) from None
+        who = needed_by or f"the {extra!r} engine"
+        raise MissingExtraError(f"{who} needs {module!r}: pip install 'madhatter[{extra}]'") from None

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from .._errors import MissingExtraError
+from ..engines import require_extra
 
 
 def require_web(module: str) -> ModuleType:
     """Import ``module``, or raise MissingExtraError naming ``madhatter[web]``."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module.partition(".")[0]:
-            raise  # something else is broken: show the real error
-        raise MissingExtraError(
-            f"the madhatter service needs {module!r}: pip install 'madhatter[web]'"
-        ) from None
+    return require_extra(module, extra="web", needed_by="the madhatter service")
