@@ -24,7 +24,7 @@ from typing import Any
 
 from ._base import TaskLost, TaskTimedOut
 from ._bundle import BOOTSTRAP, runtime_bundle
-from ._container_worker import frame
+from ._container_worker import HEADER, frame
 from ._serialize import loads
 
 LABEL = "io.madhatter.engine"
@@ -103,8 +103,7 @@ class ContainerWorker:
             self._socket: socket.socket = getattr(attached, "_sock", attached)
             self._output = _OutputReader(self._socket)
             client.api.start(self.id)
-            bundle = runtime_bundle()
-            self._socket.sendall(struct.pack(">Q", len(bundle)) + bundle)
+            self._socket.sendall(frame(runtime_bundle()))
         except BaseException:
             self.remove()
             raise
@@ -194,11 +193,12 @@ class _OutputReader:
 
     def read_frame(self, deadline: float | None) -> bytes:
         while True:
-            if len(self._buffer) >= 8:
-                (size,) = struct.unpack_from(">Q", self._buffer)
-                if len(self._buffer) >= 8 + size:
-                    payload = bytes(self._buffer[8 : 8 + size])
-                    del self._buffer[: 8 + size]
+            if len(self._buffer) >= HEADER.size:
+                (size,) = HEADER.unpack_from(self._buffer)
+                end = HEADER.size + size
+                if len(self._buffer) >= end:
+                    payload = bytes(self._buffer[HEADER.size : end])
+                    del self._buffer[:end]
                     return payload
             header = self._receive(8, deadline)
             stream, size = struct.unpack(">BxxxL", header)

@@ -20,20 +20,21 @@ from typing import BinaryIO
 
 from ._worker import serve
 
-_HEADER = struct.Struct(">Q")
+HEADER = struct.Struct(">Q")
+"""The length prefix of every message (the bootstrap in ``_bundle.py`` reads one by hand)."""
 
 
 def frame(payload: bytes) -> bytes:
     """``payload`` with its length in front, as it travels on the container's stdin and stdout."""
-    return _HEADER.pack(len(payload)) + payload
+    return HEADER.pack(len(payload)) + payload
 
 
 def read_frame(stream: BinaryIO) -> bytes:
     """The next framed message on ``stream``; ``EOFError`` at its end."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
         raise EOFError("the channel closed")
-    (size,) = _HEADER.unpack(header)
+    (size,) = HEADER.unpack(header)
     payload = stream.read(size)
     if len(payload) < size:
         raise EOFError("the channel closed mid-message")

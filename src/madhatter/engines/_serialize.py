@@ -101,10 +101,7 @@ def _local_modules() -> list[str]:
 
 
 def _registered_by_value(module: Any) -> bool:
-    try:
-        return bool(cloudpickle.list_registry_pickle_by_value() & {module.__name__})
-    except AttributeError:  # pragma: no cover - cloudpickle without the listing
-        return False
+    return module.__name__ in cloudpickle.list_registry_pickle_by_value()
 
 
 @functools.cache
