@@ -1,8 +1,8 @@
-"""Imports go one way: cli -> core (_pipeline, _steps) -> graph, engines.
+"""Imports go one way: cli -> service -> core (_pipeline, _steps) -> graph, engines.
 
 The graph package is plain data and never imports engines; the engines themselves (everything in
 ``engines/`` but the runner and the stage driver, which execute a plan) see only ``Task``s, never a
-graph; nothing outside ``cli`` imports ``cli``.
+graph; the core never imports the service; nothing outside ``cli`` imports ``cli``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,18 @@ def test_only_cli_imports_cli(path: pathlib.Path) -> None:
     assert not {m for m in _imports(path) if m.startswith("cli")}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("cli", "service")],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_core_never_imports_the_service(path: pathlib.Path) -> None:
+    assert not {m for m in _imports(path) if m.startswith("service")}
+
+
 def test_the_check_sees_imports() -> None:
     imported = _imports(PACKAGE / "engines" / "_runner.py")
     assert "graph" in imported
     assert "engines._base" in imported
+    assert "service._store" in _imports(PACKAGE / "service" / "_worker.py")
+    assert "_pipeline" in _imports(PACKAGE / "service" / "_worker.py")
