@@ -9,6 +9,7 @@ import os
 import pathlib
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from service_helpers import GATED, TRIVIAL, Workers, write_pipeline
@@ -78,6 +79,17 @@ def count(values):
 """
 
 WaitUntil = Callable[..., bool]
+
+
+def _submit_gated(
+    tmp_path: pathlib.Path, store: Store, name: str, source: str
+) -> tuple[pathlib.Path, pathlib.Path, Any]:
+    """Write a gated pipeline, queue a run of it: ``(pipeline file, gate folder, run)``. The run
+    marks ``started-PID`` in the gate and waits until the test creates ``gate/open``."""
+    pipeline = write_pipeline(tmp_path, name, source)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return pipeline, gate, store.submit(name, {"folder": str(gate)})
 
 
 def _finished(store: Store, run_id: str) -> bool:
@@ -220,10 +232,7 @@ def test_unknown_pipelines_and_bad_params_fail_the_run_not_the_worker(
 def test_a_sigkilled_workers_run_is_requeued_and_finished_by_another_exactly_once(
     tmp_path: pathlib.Path, store: Store, store_url: str, workers: Workers, wait_until: WaitUntil
 ) -> None:
-    pipeline = write_pipeline(tmp_path, "gated", GATED)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    run = store.submit("gated", {"folder": str(gate)})
+    pipeline, gate, run = _submit_gated(tmp_path, store, "gated", GATED)
     options = (str(pipeline), "--engine", "serial", "--lease", "1")
     first = workers.start(store_url, *options)
     assert wait_until(lambda: list(gate.glob("started-*")), timeout=60), workers.logs()
@@ -251,10 +260,7 @@ def test_a_sigkilled_workers_run_is_requeued_and_finished_by_another_exactly_onc
 def test_a_paused_worker_that_wakes_after_its_run_was_re_leased_overwrites_nothing(
     tmp_path: pathlib.Path, store: Store, store_url: str, workers: Workers, wait_until: WaitUntil
 ) -> None:
-    pipeline = write_pipeline(tmp_path, "gated", GATED)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    run = store.submit("gated", {"folder": str(gate)})
+    pipeline, gate, run = _submit_gated(tmp_path, store, "gated", GATED)
     options = (str(pipeline), "--engine", "serial", "--lease", "1")
     stale = workers.start(store_url, *options)
     assert wait_until(lambda: list(gate.glob("started-*")), timeout=60), workers.logs()
@@ -281,10 +287,7 @@ def test_a_paused_worker_that_wakes_after_its_run_was_re_leased_overwrites_nothi
 def test_a_stopping_worker_gives_its_run_back_for_another_to_finish(
     tmp_path: pathlib.Path, store: Store, store_url: str, workers: Workers, wait_until: WaitUntil
 ) -> None:
-    pipeline = write_pipeline(tmp_path, "gated_task", GATED_TASK)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    run = store.submit("gated_task", {"folder": str(gate)})
+    pipeline, gate, run = _submit_gated(tmp_path, store, "gated_task", GATED_TASK)
     first = workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "1")
     assert wait_until(lambda: list(gate.glob("started-*")), timeout=60), workers.logs()
 
