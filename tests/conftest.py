@@ -32,6 +32,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"skipped under MADHATTER_REQUIRE_ALL=1 (CI may not skip): {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    """The same for a whole module skipped at import (``pytest.importorskip`` at its top)."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under MADHATTER_REQUIRE_ALL=1 (CI may not skip): {reason}"
+
+
 # -- shared fixtures -------------------------------------------------------------------------
 
 

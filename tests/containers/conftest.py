@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 
-docker = pytest.importorskip("docker", reason="the docker extra is not installed")
-
 IMAGE = os.environ.get("MADHATTER_TEST_IMAGE", "madhatter-test/python:3.11")
 LABEL_FILTER = {"label": "io.madhatter.engine=docker"}
 
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
+    docker = pytest.importorskip("docker", reason="the docker extra is not installed")
     try:
         client = docker.from_env()
         client.ping()
@@ -34,6 +33,8 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def image(docker_client: Any) -> str:
+    import docker
+
     try:
         docker_client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
