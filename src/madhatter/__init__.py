@@ -20,10 +20,9 @@ from ._errors import (
     WorkerLost,
 )
 from ._pipeline import Pipeline, SkippedItemsWarning, run
+from ._results import RunReport, SkippedItem, StepStats
 from ._steps import depends, parallel, postprocess, preprocess
 from ._version import __version__
-from .engines._chain import SkippedItem
-from .engines._runner import RunReport
 
 __all__ = [
     "CycleError",
@@ -40,6 +39,7 @@ __all__ = [
     "SkippedItem",
     "SkippedItemsWarning",
     "StepFailed",
+    "StepStats",
     "TaskTimeout",
     "UnknownEngineError",
     "WorkerLost",

@@ -95,6 +95,12 @@ class StepFailed(RunError):
         # Keep the user's exception (``__cause__``) when the error crosses a process boundary.
         return (type(self), self.args, {**self.__dict__, "__cause__": self.__cause__})
 
+    @property
+    def cause_line(self) -> str:
+        """The user's own exception in one line (the last line of the worker's traceback)."""
+        lines = [line for line in self.remote_traceback.splitlines() if line.strip()]
+        return lines[-1].strip() if lines else first_line(self)
+
     def __str__(self) -> str:
         return (
             f"step {self.step!r} failed on chunk {self.chunk} (input {self.preview})\n"
@@ -136,3 +142,10 @@ class RunCancelled(RunError):
 
     def __str__(self) -> str:
         return f"run cancelled: {self.reason}"
+
+
+def first_line(error: BaseException) -> str:
+    """The gist of an error in one line, for logs, events and summaries: the first line of its
+    message, or its class name if it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,27 +1,34 @@
-"""The engine interface: run opaque tasks somewhere, report each result through a future.
+"""The engine contract: run opaque tasks somewhere, report each result through a future.
 
 An engine knows nothing about steps, chunks or graphs. It receives :class:`Task` objects -- a
 picklable function, its argument, a timeout and resource requests -- and returns a
 ``concurrent.futures.Future`` per task that resolves to a :class:`TaskResult`, or fails with the
 task function's own exception, :class:`TaskLost` (the worker died) or :class:`TaskTimedOut`. The
-runner (``_runner.py``) does everything else: chunking, ordering, back-pressure, retries, events.
+run package (:mod:`madhatter.run`) does everything else: chunking, ordering, back-pressure,
+retries, events.
 
-Engines are chosen by name (``get_engine("processes")``); ``register_engine`` adds one, so a
-cluster or container engine is one module with one class. Heavy engines import their libraries
-through :func:`require_extra`, so a missing extra is a one-line error naming it.
+The contract is three members -- :attr:`Engine.workers`, :meth:`Engine.submit`,
+:meth:`Engine.shutdown` -- and one frozen :class:`EngineTraits` object that describes the engine
+to the runner. Two optional hooks have defaults: :meth:`Engine.prepare` (check a stage's resource
+requests before any work, and say the traits for that stage) and :attr:`Engine.dashboard_link`.
+Two optional capabilities, each switched on by a trait and documented with it, let a cluster
+engine do more: its own retries (``Task.retries``) and output kept on the cluster
+(``Task.keep_output`` and :class:`Remote`). Plumbing that every engine shipping work elsewhere
+needs (the timed call, expiry after a timeout, function caches, the runtime check) lives in
+:mod:`._kit`, not here.
+
+Engines are found by name (:mod:`._registry`); a third-party engine is one module with one class,
+registered by an entry point.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any, ClassVar
-
-from .._errors import MissingExtraError, UnknownEngineError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +43,11 @@ class Task:
         argument: the task's input.
         timeout: seconds the task may run once started, or ``None``.
         resources: engine-specific requests (``cpus``, ``memory``, ``image``, ...).
-        retries: how often the engine may rerun the task after it failed, for engines with their
-            own retry (``handles_retries``); other engines get 0 and the runner retries.
-        keep_output: for engines that ``keeps_results``: the function returns a pair
-            ``(summary, output)``; the engine brings back ``summary`` and leaves ``output`` on
-            the cluster, answering ``(summary, Remote(...))``.
+        retries: for engines with the ``retries`` trait only: how often the engine may rerun the
+            task after it failed (other engines get 0, and the runner retries).
+        keep_output: for engines with the ``keeps_output`` trait only: the function returns a
+            pair ``(summary, output)``; the engine brings back ``summary`` and leaves ``output``
+            on the cluster, answering ``(summary, Remote(...))``.
 
     ``argument`` is a tuple; any element of it may be a :class:`Remote` from an earlier task of
     the same engine, which the engine replaces by the value itself on the worker.
@@ -91,61 +98,57 @@ class TaskTimedOut(Exception):
         self.timeout = timeout
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineTraits:
+    """What the runner needs to know about an engine, declared once, as one value.
+
+    Attributes:
+        ships_data: tasks cross a process boundary, so functions and data are pickled (the run
+            checks functions can be; it weighs pickling cost against compute cost).
+        task_seconds: how long an automatic chunk should run, to amortise the engine's hand-off
+            cost while still balancing load.
+        tasks_per_worker: how many tasks the runner keeps submitted per worker, so a worker can
+            start its next task without waiting for the driver (a step capped by ``n`` below the
+            engine's workers gets exactly ``n``, so the cap holds).
+        runs_inline: every task runs in the caller (the serial engine): the runner skips its
+            probe, which could only decide to do the same.
+        own_environment: tasks need the engine's environment (a container image with its own
+            libraries), so the runner never runs them in the driver, however cheap they are.
+
+    Optional capabilities (each a promise about :meth:`Engine.submit`; see docs/engines.md):
+
+    Attributes:
+        retries: the engine reruns a failed task itself, up to ``Task.retries`` times; the runner
+            then does not retry on top of it.
+        keeps_output: the engine honours ``Task.keep_output``: it leaves the output on its
+            cluster and answers ``(summary, Remote(handle, count))``, and it accepts such a
+            :class:`Remote` in a later task's argument tuple.
+    """
+
+    ships_data: bool = True
+    task_seconds: float = 0.05
+    tasks_per_worker: int = 1
+    runs_inline: bool = False
+    own_environment: bool = False
+    retries: bool = False
+    keeps_output: bool = False
+
+
 class Engine(abc.ABC):
     """Runs opaque tasks somewhere. Knows nothing about steps, chunks or graphs.
 
-    Class attributes describe the engine to the planner and the runner:
-
-    * ``ships_data``: tasks cross a process boundary, so functions and data are pickled (the
-      planner checks functions can be; the runner weighs pickling cost against compute cost).
-    * ``target_task_seconds``: how long a task should run to amortise the engine's hand-off cost
-      while still balancing load; the runner sizes automatic chunks to it.
-    * ``tasks_per_worker``: how many tasks the runner keeps submitted per worker, so a worker can
-      start its next task without waiting for the driver (a step capped by ``n`` below the
-      engine's workers gets exactly ``n``, so the cap holds).
-    * ``handles_retries``: the engine reruns a failed task itself (``Task.retries``); the runner
-      then does not retry on top of it.
-    * ``runs_inline``: every task runs in the caller (the serial engine): the runner skips its
-      probe, which could only decide to do the same.
-    * ``keeps_results``: the engine can leave a task's output on its cluster (``Task.keep_output``)
-      for later tasks to read there, so data between steps never goes through the driver.
-    * ``own_environment``: tasks need the engine's environment (a container image with its own
-      libraries), so the runner never runs them in the driver, however cheap they are.
-
-    Engines are context managers: leaving the ``with`` block shuts the engine down, cancelling
-    pending work if the block raised.
+    Subclasses set ``name`` and ``traits`` and implement ``workers``, ``submit`` and
+    ``shutdown``. Engines are context managers: leaving the ``with`` block shuts the engine down,
+    cancelling pending work if the block raised.
     """
 
     name: ClassVar[str]
-    ships_data: ClassVar[bool] = True
-    target_task_seconds: ClassVar[float] = 0.05
-    tasks_per_worker: ClassVar[int] = 1
-    handles_retries: ClassVar[bool] = False
-    keeps_results: ClassVar[bool] = False
-    runs_inline: ClassVar[bool] = False
-    own_environment: ClassVar[bool] = False
+    traits: ClassVar[EngineTraits] = EngineTraits()
 
     @property
     @abc.abstractmethod
     def workers(self) -> int:
         """How many tasks the engine runs at once."""
-
-    @property
-    def dashboard_link(self) -> str | None:
-        """A URL where the engine shows its own live view, if it has one."""
-        return None
-
-    def task_seconds(self, resources: Mapping[str, Any]) -> float:
-        """How long automatic chunks of a stage with these resource requests should run
-        (``target_task_seconds`` unless the hand-off cost depends on them, as a fresh container
-        per task does)."""
-        return self.target_task_seconds
-
-    def prepare(self, resources: Mapping[str, Any]) -> None:
-        """Called before the run starts any work, once per parallel stage bound to this engine,
-        with the stage's resource requests: raise :class:`~madhatter.EngineError` naming what the
-        engine cannot provide (a missing container image, say), so the run fails before work."""
-        return None
 
     @abc.abstractmethod
     def submit(self, task: Task) -> Future[TaskResult]:
@@ -157,6 +160,19 @@ class Engine(abc.ABC):
         still working on this run's tasks. With ``cancel_pending``, queued tasks are dropped and
         running ones stopped where the engine can stop them."""
 
+    def prepare(self, resources: Mapping[str, Any]) -> EngineTraits:
+        """Called once per parallel stage bound to this engine, before the run starts any work,
+        with the stage's resource requests. Raise :class:`~madhatter.EngineError` naming what the
+        engine cannot provide (a missing container image, say), so the run fails before work;
+        return the traits for this stage (``self.traits`` unless they depend on the requests, as
+        a fresh container per task makes hand-offs slower)."""
+        return self.traits
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """A URL where the engine shows its own live view, if it has one."""
+        return None
+
     def __enter__(self) -> Engine:
         return self
 
@@ -167,51 +183,3 @@ class Engine(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.shutdown(cancel_pending=exc_type is not None)
-
-
-_ENGINES: dict[str, str] = {
-    "serial": "madhatter.engines.serial:SerialEngine",
-    "threads": "madhatter.engines.threads:ThreadsEngine",
-    "processes": "madhatter.engines.processes:ProcessesEngine",
-    "dask": "madhatter.engines.dask:DaskEngine",
-    "ray": "madhatter.engines.ray:RayEngine",
-    "docker": "madhatter.engines.docker:DockerEngine",
-}
-
-
-def engine_names() -> tuple[str, ...]:
-    """The names of every registered engine."""
-    return tuple(sorted(_ENGINES))
-
-
-def register_engine(name: str, target: str | type[Engine]) -> None:
-    """Make an engine available by name: a class, or ``"package.module:ClassName"`` (lazy)."""
-    if isinstance(target, type):
-        target = f"{target.__module__}:{target.__qualname__}"
-    _ENGINES[name] = target
-
-
-def engine_class(name: str) -> type[Engine]:
-    """The engine class registered under ``name`` (importing its module on first use)."""
-    if name not in _ENGINES:
-        raise UnknownEngineError(f"no engine named {name!r}; choose one of: {', '.join(engine_names())}")
-    module, _, attr = _ENGINES[name].partition(":")
-    cls: type[Engine] = getattr(importlib.import_module(module), attr)
-    return cls
-
-
-def get_engine(name: str, **options: Any) -> Engine:
-    """Create the engine registered under ``name`` with the given options."""
-    return engine_class(name)(**options)
-
-
-def require_extra(module: str, *, extra: str, needed_by: str | None = None) -> ModuleType:
-    """Import an optional dependency, or explain which extra to install (``needed_by`` names
-    what needs it; by default the engine called ``extra``)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module.partition(".")[0]:
-            raise  # something else is broken: show the real error
-        who = needed_by or f"the {extra!r} engine"
-        raise MissingExtraError(f"{who} needs {module!r}: pip install 'madhatter[{extra}]'") from None

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from .._errors import StepFailed
+from .._results import SkippedItem
 from ._base import TaskTimedOut
 from ._deadline import deadline
 
@@ -39,17 +40,6 @@ def preview(value: object) -> str:
         return _preview.repr(value)
     except Exception:  # a user __repr__ that raises must not hide the real error
         return f"<{type(value).__name__} object>"
-
-
-@dataclasses.dataclass(frozen=True)
-class SkippedItem:
-    """An item a step with ``on_error="skip"`` left out: which, where, and why."""
-
-    step: str
-    chunk: int
-    item: Any
-    error: str
-    traceback: str
 
 
 @dataclasses.dataclass(frozen=True)

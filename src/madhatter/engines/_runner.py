@@ -15,7 +15,6 @@ work if the run failed or was interrupted) before the error or the result is han
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import queue
@@ -36,34 +35,24 @@ from .._events import (
     StepFinished,
     StepStarted,
 )
+from .._results import RunReport, SkippedItem, StepStats
 from ..graph import Plan, Stage
-from ._base import Engine, Remote, TaskResult, engine_class, get_engine
+from ._base import Engine, Remote, TaskResult
 from ._chain import (
     ChainOp,
     ChainTask,
     ChunkOutcome,
-    SkippedItem,
     preview,
     release_setups,
     user_traceback,
 )
 from ._channel import Channel
+from ._registry import engine_class, get_engine
 from ._serialize import dumps_function
-from ._stage import ChannelReader, IterableReader, Job, Reader, StageRunner, StepStats
+from ._stage import ChannelReader, IterableReader, Job, Reader, StageRunner
 
 CANCEL_POLL_SECONDS = 0.1
 """How often a run with a cancel event looks at it while waiting for tasks."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunReport:
-    """Everything a run produced: the result, the items it skipped, and per-step statistics."""
-
-    run_id: str
-    result: Any
-    skipped: tuple[SkippedItem, ...]
-    steps: Mapping[str, StepStats]
-    seconds: float
 
 
 class EngineSet:
@@ -86,8 +75,8 @@ class EngineSet:
 
     def ships_data(self, name: str | None) -> bool:
         if name is None and not isinstance(self._default, str):
-            return self._default.ships_data
-        return engine_class(name or self.default_name).ships_data
+            return self._default.traits.ships_data
+        return engine_class(name or self.default_name).traits.ships_data
 
     def get(self, name: str | None) -> Engine:
         key = name or self.default_name
@@ -366,7 +355,7 @@ class Scheduler:
             self.run,
             inline_allowed=(
                 self.inline
-                and not engine.own_environment
+                and not engine.traits.own_environment
                 and _may_run_inline(stage)
                 and not upstream_remote
             ),
@@ -380,7 +369,7 @@ class Scheduler:
         results, and only parallel stages on that same engine read them."""
         consumers = self.plan.consumers(stage.name)
         return (
-            engine.keeps_results
+            engine.traits.keeps_output
             and stage.name != self.plan.output
             and bool(consumers)
             and all(

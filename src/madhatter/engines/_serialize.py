@@ -43,26 +43,6 @@ def dumps_function(function: Any) -> bytes:
 
 loads = pickle.loads
 
-_loaded_functions: dict[str, Any] = {}
-
-
-def load_function(function_key: str, function_bytes: bytes) -> Any:
-    """A task function, unpickled once per worker process and then reused (cluster engines send
-    the same pickled chain with every task of a stage; unpickling it each time would cost)."""
-    function = _loaded_functions.get(function_key)
-    if function is None:
-        function = _loaded_functions[function_key] = loads(function_bytes)
-    return function
-
-
-def worker_runtime() -> tuple[str, str]:
-    """What must match between driver and workers: madhatter's version and Python's major.minor
-    (run on a worker, it reports the worker's own)."""
-    from .._version import __version__
-
-    return __version__, f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
 _by_value_lock = threading.Lock()
 
 

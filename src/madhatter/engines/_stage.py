@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, wait
@@ -32,10 +33,12 @@ from .._events import (
     StepStarted,
     StepTotalKnown,
 )
+from .._results import StepStats
 from ..graph import Stage
 from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut
 from ._chain import ChainTask, ChunkOutcome, KeepOutput, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
+from ._kit import timed_call
 from ._sizing import (
     INLINE_TARGET_SECONDS,
     PROBE_SECONDS,
@@ -43,7 +46,6 @@ from ._sizing import (
     shipping_pays_off,
     transfer_seconds_per_item,
 )
-from .serial import run_in_thread
 
 Mode = Literal["probe", "inline", "ship"]
 DRIVER = "driver"
@@ -53,6 +55,21 @@ SLOW_CHUNKS_BEFORE_SHIPPING = 3
 worth shipping: one chunk slowed by a busy machine must not decide (seen on W5 under load)."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
+
+
+def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
+    """Run ``task`` on a new daemon thread; its future resolves when it is done (the probe)."""
+    future: Future[TaskResult] = Future()
+    future.set_running_or_notify_cancel()
+
+    def target() -> None:
+        try:
+            future.set_result(timed_call(task.function, task.argument, worker))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="madhatter-probe", daemon=True).start()
+    return future
 
 
 class Reader(Protocol):
@@ -166,16 +183,6 @@ class Job:
         return self.items
 
 
-@dataclasses.dataclass
-class StepStats:
-    """What one step did over the whole run."""
-
-    items_in: int = 0
-    items_out: int = 0
-    chunks: int = 0
-    seconds: float = 0.0
-
-
 class RunState(Protocol):
     """What a stage runner needs from the run around it (implemented by ``_runner.RunContext``)."""
 
@@ -213,12 +220,12 @@ class StageRunner:
         if stage.n is not None and stage.n < engine.workers:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
         else:
-            self.window = engine.workers * engine.tasks_per_worker
-        if engine.runs_inline:
+            self.window = engine.workers * engine.traits.tasks_per_worker
+        if engine.traits.runs_inline:
             self.mode: Mode = "ship"  # its tasks run in the caller anyway: nothing to probe
         else:
             self.mode = "probe" if inline_allowed else "ship"
-        self._ship_seconds = engine.task_seconds(dict(stage.first.resources))
+        self._ship_seconds = engine.prepare(dict(stage.first.resources)).task_seconds
         target = INLINE_TARGET_SECONDS if self.mode != "ship" else self._ship_seconds
         concurrency = min(stage.n or engine.workers, engine.workers)
         self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
@@ -314,7 +321,7 @@ class StageRunner:
                 argument=(job.index, job.items),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
-                retries=self.stage.first.retries if self.engine.handles_retries else 0,
+                retries=self.stage.first.retries if self.engine.traits.retries else 0,
                 keep_output=self.keep_output,
             )
             job.shipped = True
@@ -376,7 +383,7 @@ class StageRunner:
         self._probe_seconds += seconds
         if self._probe_seconds < PROBE_SECONDS and not self._input_done:
             return
-        if self.engine.ships_data:
+        if self.engine.traits.ships_data:
             self._transfer = transfer_seconds_per_item(job.local_items, outcome.outputs)
         per_item = self._probe_seconds / max(1, self._probe_items)
         self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
@@ -444,7 +451,7 @@ class StageRunner:
 
     def _failed(self, job: Job, error: BaseException) -> None:
         public = self._public_error(job, error)
-        retries = 0 if job.shipped and self.engine.handles_retries else self.stage.first.retries
+        retries = 0 if job.shipped and self.engine.traits.retries else self.stage.first.retries
         if job.attempt >= retries:
             raise public from (error if public is not error else error.__cause__)
         job.attempt += 1

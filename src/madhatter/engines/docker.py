@@ -41,8 +41,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from .._errors import EngineError
-from ._base import Engine, Task, TaskLost, TaskResult, require_extra
+from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
 from ._container import LABEL, RUN_LABEL, ContainerSpec, ContainerWorker
+from ._registry import require_extra
 from ._serialize import dumps_data, dumps_portable
 
 docker = require_extra("docker", extra="docker")
@@ -97,10 +98,8 @@ class DockerEngine(Engine):
     """
 
     name = "docker"
-    ships_data = True
-    target_task_seconds = 0.5
-    tasks_per_worker = 1
-    own_environment = True  # a step in a container may need the image's libraries
+    # own_environment: a step in a container may need the image's libraries
+    traits = EngineTraits(task_seconds=0.5, own_environment=True)
 
     def __init__(
         self,
@@ -153,19 +152,20 @@ class DockerEngine(Engine):
     def workers(self) -> int:
         return self._size
 
-    def task_seconds(self, resources: Mapping[str, Any]) -> float:
-        """Warm containers hand a task over in well under a millisecond: 0.5 s tasks balance
-        load. A fresh container per task costs ~0.5 s to start: tasks of 5 s keep that under
-        10 % (when the input is long enough for such chunks)."""
-        isolate = {**self._defaults, **resources}.get("isolate")
-        return FRESH_CONTAINER_TASK_SECONDS if isolate == "task" else self.target_task_seconds
-
     # -- checks before the run -------------------------------------------------------------
 
-    def prepare(self, resources: Mapping[str, Any]) -> None:
-        """Check, before any task runs, that the step's image exists and has a matching Python."""
-        spec, _ = self._spec_of({**self._defaults, **resources})
+    def prepare(self, resources: Mapping[str, Any]) -> EngineTraits:
+        """Check, before any task runs, that the step's image exists and has a matching Python.
+
+        Warm containers hand a task over in well under a millisecond: 0.5 s tasks balance load.
+        A fresh container per task costs ~0.5 s to start: tasks of 5 s keep that under 10 %
+        (when the input is long enough for such chunks)."""
+        requests = {**self._defaults, **resources}
+        spec, _ = self._spec_of(requests)
         self._check_runtime(spec)
+        if requests.get("isolate") == "task":
+            return dataclasses.replace(self.traits, task_seconds=FRESH_CONTAINER_TASK_SECONDS)
+        return self.traits
 
     def _spec_of(self, requests: Mapping[str, Any]) -> tuple[ContainerSpec, bool]:
         unknown = set(requests) - RESOURCE_KEYS

@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
+from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
 from ._serialize import dumps_data, dumps_function, loads
 from ._worker import STOP, worker_main
 
@@ -91,9 +91,7 @@ class ProcessesEngine(Engine):
     """Runs tasks in local worker processes (default: one per CPU core)."""
 
     name = "processes"
-    ships_data = True
-    target_task_seconds = 0.05
-    tasks_per_worker = TASKS_PER_WORKER
+    traits = EngineTraits(ships_data=True, task_seconds=0.05, tasks_per_worker=TASKS_PER_WORKER)
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None) -> None:
         self._size = workers or os.cpu_count() or 1

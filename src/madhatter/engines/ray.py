@@ -46,9 +46,11 @@ from concurrent.futures import Future, InvalidStateError, wait
 from typing import Any
 
 from .._errors import EngineError
-from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut, require_extra
-from ._serialize import dumps_function, load_function
-from ._serialize import worker_runtime as _runtime
+from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
+from ._kit import load_function
+from ._kit import worker_runtime as _runtime
+from ._registry import require_extra
+from ._serialize import dumps_function
 
 ray = require_extra("ray", extra="ray")
 
@@ -144,11 +146,7 @@ class RayEngine(Engine):
     """
 
     name = "ray"
-    ships_data = True
-    target_task_seconds = 0.1
-    tasks_per_worker = 2
-    handles_retries = True
-    keeps_results = True
+    traits = EngineTraits(task_seconds=0.1, tasks_per_worker=2, retries=True, keeps_output=True)
 
     def __init__(
         self, workers: int | None = None, *, address: str | None = None, **init_options: Any

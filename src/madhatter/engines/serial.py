@@ -6,43 +6,23 @@ output the other engines are tested against.
 
 from __future__ import annotations
 
-import threading
-import time
 from concurrent.futures import Future
 
-from ._base import Engine, Task, TaskResult
+from ._base import Engine, EngineTraits, Task, TaskResult
 from ._deadline import deadline
+from ._kit import timed_call
 
 
 def run_inline(task: Task, worker: str) -> Future[TaskResult]:
     """Run ``task`` now, in this thread, and return its already-finished future."""
     future: Future[TaskResult] = Future()
-    started, clock = time.time(), time.perf_counter()
     try:
         with deadline(task.timeout):
-            value = task.function(task.argument)
+            result = timed_call(task.function, task.argument, worker)
     except Exception as exc:
         future.set_exception(exc)
     else:
-        future.set_result(TaskResult(value, worker, started, time.perf_counter() - clock))
-    return future
-
-
-def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
-    """Run ``task`` on a new daemon thread; its future resolves when it is done."""
-    future: Future[TaskResult] = Future()
-    future.set_running_or_notify_cancel()
-
-    def target() -> None:
-        started, clock = time.time(), time.perf_counter()
-        try:
-            value = task.function(task.argument)
-        except Exception as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(TaskResult(value, worker, started, time.perf_counter() - clock))
-
-    threading.Thread(target=target, name="madhatter-probe", daemon=True).start()
+        future.set_result(result)
     return future
 
 
@@ -50,9 +30,7 @@ class SerialEngine(Engine):
     """Runs each task inline when it is submitted."""
 
     name = "serial"
-    ships_data = False
-    runs_inline = True
-    target_task_seconds = 0.01
+    traits = EngineTraits(ships_data=False, runs_inline=True, task_seconds=0.01)
 
     def __init__(self, workers: int | None = None) -> None:
         del workers  # one worker: the caller

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from ._base import Engine, Task, TaskLost, TaskResult, TaskTimedOut
+from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
+from ._kit import expire_after, settle, timed_call
 
 
 class ThreadsEngine(Engine):
     """Runs tasks on a pool of threads (default: ``min(32, cores + 4)``, as the standard library)."""
 
     name = "threads"
-    ships_data = False
-    target_task_seconds = 0.005
-    tasks_per_worker = 2
+    traits = EngineTraits(ships_data=False, task_seconds=0.005, tasks_per_worker=2)
 
     def __init__(self, workers: int | None = None) -> None:
         self._size = workers or min(32, (os.cpu_count() or 1) + 4)
@@ -47,17 +45,13 @@ class ThreadsEngine(Engine):
 
 
 def _run(task: Task) -> TaskResult:
-    started, clock = time.time(), time.perf_counter()
-    value = task.function(task.argument)
-    return TaskResult(value, threading.current_thread().name, started, time.perf_counter() - clock)
+    return timed_call(task.function, task.argument, threading.current_thread().name)
 
 
 def _run_with_timeout(task: Task, outer: Future[TaskResult]) -> TaskResult:
     """Run ``task``; its timer starts now, when a thread takes it, not when it was queued."""
     assert task.timeout is not None
-    timer = threading.Timer(task.timeout, _expire, args=(outer, task.timeout))
-    timer.daemon = True
-    timer.start()
+    timer = expire_after(outer, task.timeout)
     try:
         return _run(task)
     finally:
@@ -65,19 +59,8 @@ def _run_with_timeout(task: Task, outer: Future[TaskResult]) -> TaskResult:
 
 
 def _copy(done: Future[TaskResult], outer: Future[TaskResult]) -> None:
-    try:
-        if done.cancelled():
-            outer.set_exception(TaskLost("the task was cancelled before it started"))
-        elif done.exception() is not None:
-            outer.set_exception(done.exception())
-        else:
-            outer.set_result(done.result())
-    except InvalidStateError:  # the timer failed it first
-        pass
-
-
-def _expire(future: Future[TaskResult], timeout: float) -> None:
-    try:
-        future.set_exception(TaskTimedOut(timeout))
-    except InvalidStateError:  # already resolved: the task finished just in time
-        pass
+    """Hand the pool's answer on to the task's future, unless its timeout failed it first."""
+    if done.cancelled():
+        settle(outer, error=TaskLost("the task was cancelled before it started"))
+    else:
+        settle(outer, None if done.exception() else done.result(), done.exception())
