@@ -271,15 +271,16 @@ def test_an_endless_source_streams_through_the_cluster_in_bounded_memory(dask_cl
 def test_workers_with_another_madhatter_or_python_are_refused() -> None:
     """The check itself, against a stand-in client (a real mismatched worker would need a second
     installation of madhatter): the first differing worker is named with both versions."""
-    from madhatter.engines.dask import DaskEngine, _runtime
+    from madhatter.engines._kit import worker_runtime
+    from madhatter.engines.dask import DaskEngine
 
     class OtherWorkers:
         def wait_for_workers(self, count: int, timeout: float) -> None:
             pass
 
         def run(self, function: Any) -> dict[str, tuple[str, str]]:
-            assert function is _runtime
-            return {"tcp://127.0.0.1:1": _runtime(), "tcp://127.0.0.1:2": ("0.0.1", "3.9")}
+            assert function is worker_runtime
+            return {"tcp://127.0.0.1:1": worker_runtime(), "tcp://127.0.0.1:2": ("0.0.1", "3.9")}
 
     engine = DaskEngine.__new__(DaskEngine)
     engine._client = OtherWorkers()

@@ -7,8 +7,10 @@ out by itself that the containers cannot import it, and ship its steps by value.
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import pathlib
+import pkgutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import zipfile
 from typing import Any
 
 import pytest
@@ -359,6 +362,27 @@ def test_an_image_without_the_python_command_is_an_error_before_any_work(
 def test_an_unknown_resource_request_is_an_error(image: str, madhatter_containers: Any) -> None:
     with pytest.raises(EngineError, match=r"does not know the resource request\(s\) \['gpus'\]"):
         _pipeline_on(image, resources={"gpus": 1}).run()
+
+
+# -- what a container is sent --------------------------------------------------------------------
+
+
+def test_the_runtime_bundle_holds_every_module_of_madhatter() -> None:
+    """A task function may reference any of madhatter's modules (the run machinery included),
+    so every one of them travels to the container, subpackages and all."""
+    import madhatter
+    from madhatter.engines._bundle import runtime_bundle
+
+    modules = pkgutil.walk_packages(madhatter.__path__, "madhatter.")
+    expected = {
+        name.replace(".", "/") + ("/__init__.py" if is_package else ".py")
+        for _, name, is_package in modules
+    }
+    with zipfile.ZipFile(io.BytesIO(runtime_bundle())) as bundle:
+        names = set(bundle.namelist())
+    assert {"madhatter/__init__.py", "madhatter/engines/_container_worker.py"} <= names
+    assert expected - names == set()
+    assert "cloudpickle/__init__.py" in names
 
 
 # -- Ctrl-C, a killed driver, and prune --------------------------------------------------------

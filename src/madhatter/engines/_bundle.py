@@ -20,11 +20,12 @@ import io
 import marshal
 import pathlib
 import zipfile
-from types import ModuleType
 
 import cloudpickle
 
-import madhatter
+PACKAGE_ROOT = pathlib.Path(__file__).parent.parent
+"""madhatter's own package directory (``engines``' parent), bundled whole: a task function may
+reference any of its modules."""
 
 RUNTIME_PATH = "/tmp/madhatter-runtime.zip"
 """Where the bootstrap writes the bundle inside the container (a tmpfs the engine mounts)."""
@@ -49,13 +50,13 @@ def runtime_bundle() -> bytes:
     """The zip of madhatter and cloudpickle, built once per driver process."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:
-        for package in (madhatter, cloudpickle):
-            _add_package(bundle, package)
+        for root in (PACKAGE_ROOT, pathlib.Path(cloudpickle.__file__ or "").parent):
+            _add_package(bundle, root)
     return buffer.getvalue()
 
 
-def _add_package(bundle: zipfile.ZipFile, package: ModuleType) -> None:
-    root = pathlib.Path(package.__file__ or "").parent
+def _add_package(bundle: zipfile.ZipFile, root: pathlib.Path) -> None:
+    """Every Python source file of the package at ``root``, with its bytecode, in ``bundle``."""
     for source in sorted(root.rglob("*.py")):
         if "__pycache__" in source.parts:
             continue

@@ -16,6 +16,7 @@ driver that crashed can be found and removed (``madhatter docker prune``).
 from __future__ import annotations
 
 import dataclasses
+import signal
 import socket
 import struct
 import time
@@ -25,6 +26,7 @@ from typing import Any
 from ._base import TaskLost, TaskTimedOut
 from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import HEADER, frame
+from ._kit import describe_exit
 from ._serialize import loads
 
 LABEL = "io.madhatter.engine"
@@ -171,13 +173,21 @@ class ContainerWorker:
             return f"container {self.name} ({self.spec.describe()}) went away: {exc}"
         if state.get("OOMKilled"):
             cause = f"was OOMKilled: it used more than its memory limit ({self.spec.memory})"
-        elif state.get("Running"):
-            cause = "stopped answering"
         else:
-            cause = f"exited with code {state.get('ExitCode')}"
+            cause = describe_exit(_exit_status(state))
         detail = f"container {self.name} ({self.spec.describe()}) {cause}"
         text = stderr.decode(errors="replace").strip()
         return f"{detail}; the end of its stderr:\n{text}" if text else detail
+
+
+def _exit_status(state: Mapping[str, Any]) -> int | None:
+    """A container's end in :func:`describe_exit`'s terms: ``None`` while it runs, ``-N`` if
+    signal ``N`` killed it (Docker reports that as exit code ``128 + N``, as a shell would),
+    else its exit code."""
+    if state.get("Running"):
+        return None
+    code = int(state.get("ExitCode") or 0)
+    return 128 - code if 128 < code < 128 + signal.NSIG else code
 
 
 class _OutputReader:

@@ -9,6 +9,7 @@
   task.
 * :func:`worker_runtime` and :func:`check_runtime` refuse workers whose madhatter or Python
   differs from the driver's (tasks are pickled code).
+* :func:`describe_exit` says how a worker that died ended, for the :class:`TaskLost` message.
 
 An engine that runs tasks on its own workers needs little more than these and its library's
 submit call: see ``madhatter/testing/_fake.py`` for a whole cluster engine in about 100 lines.
@@ -16,6 +17,7 @@ submit call: see ``madhatter/testing/_fake.py`` for a whole cluster engine in ab
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -132,3 +134,19 @@ def check_runtime(where: str, found: tuple[str, str], *, remedy: str = "on the w
         f"{expected[0]} on Python {expected[1]}; install the same versions {remedy} (tasks are "
         f"pickled code)"
     )
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a dead worker ended, as a phrase after its name: ``None`` if it is still running (it
+    stopped answering), ``-N`` if signal ``N`` killed it (as ``multiprocessing`` says it), else
+    the code it exited with."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (often the out-of-memory killer)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {exitcode}"

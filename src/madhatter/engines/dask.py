@@ -23,14 +23,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 from .._errors import EngineError
-from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
-from ._kit import load_function
-from ._kit import worker_runtime as _runtime
+from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
+from ._kit import (
+    ShippedFunctions,
+    check_runtime,
+    expire_after,
+    load_function,
+    settle,
+    timed_call,
+    worker_runtime,
+)
 from ._registry import require_extra
 from ._serialize import dumps_function
 
@@ -44,10 +50,7 @@ def _run_on_worker(function_key: str, function_bytes: bytes, argument: Any) -> T
     a step by reference to a module the workers may not have).
     """
     function = load_function(function_key, function_bytes)
-    started, clock = time.time(), time.perf_counter()
-    value = function(argument)
-    worker = distributed.get_worker().address
-    return TaskResult(value, worker, started, time.perf_counter() - clock)
+    return timed_call(function, argument, distributed.get_worker().address)
 
 
 def _summary(result: TaskResult) -> TaskResult:
@@ -59,6 +62,23 @@ def _summary(result: TaskResult) -> TaskResult:
 def _output(result: TaskResult) -> Any:
     """For ``keep_output`` tasks: the output, as a future of its own that stays on the cluster."""
     return result.value[1]
+
+
+def _outcome(remote: Any, output: Any) -> tuple[TaskResult | None, BaseException | None]:
+    """A finished Dask future's answer as ``(result, error)``; for ``keep_output`` tasks the
+    result's output is ``output``, the future that keeps it on the cluster."""
+    if remote.status == "cancelled":
+        return None, TaskLost("the task was cancelled on the Dask cluster")
+    if remote.status != "finished":
+        error = remote.exception()
+        if isinstance(error, distributed.KilledWorker):
+            error = TaskLost(f"Dask gave up on the task after its workers died: {error}")
+        return None, error
+    answer: TaskResult = remote.result()
+    if output is not None:
+        summary, count = answer.value
+        answer = dataclasses.replace(answer, value=(summary, Remote(output, count)))
+    return answer, None
 
 
 class DaskEngine(Engine):
@@ -87,7 +107,7 @@ class DaskEngine(Engine):
             if self._cluster is not None:
                 self._cluster.close()
             raise EngineError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-        self._functions: dict[str, Any] = {}
+        self._functions: ShippedFunctions[Any] = ShippedFunctions(self._scatter)
         self._futures: set[Any] = set()
         self._lock = threading.Lock()
         try:
@@ -97,17 +117,14 @@ class DaskEngine(Engine):
             raise
 
     def _check_workers(self) -> None:
+        """Refuse the cluster if any worker runs another madhatter or Python than the driver."""
         self._client.wait_for_workers(1, timeout=60)
-        expected = _runtime()
-        found = self._client.run(_runtime)
-        wrong = {worker: runtime for worker, runtime in found.items() if tuple(runtime) != expected}
-        if wrong:
-            worker, (version, python) = next(iter(wrong.items()))
-            raise EngineError(
-                f"Dask worker {worker} runs madhatter {version} on Python {python}, but this "
-                f"driver runs madhatter {expected[0]} on Python {expected[1]}; install the same "
-                f"versions on the workers (tasks are pickled code)"
-            )
+        for worker, runtime in self._client.run(worker_runtime).items():
+            check_runtime(f"Dask worker {worker}", tuple(runtime))
+
+    def _scatter(self, function: Any) -> Any:
+        """Send a stage's function to every worker once: a Dask future of its pickled bytes."""
+        return self._client.scatter(dumps_function(function), broadcast=True, hash=False)
 
     @property
     def workers(self) -> int:
@@ -120,17 +137,12 @@ class DaskEngine(Engine):
         return link
 
     def submit(self, task: Task) -> Future[TaskResult]:
-        function = self._functions.get(task.function_key)
-        if function is None:
-            function = self._functions[task.function_key] = self._client.scatter(
-                dumps_function(task.function), broadcast=True, hash=False
-            )
         # Remote chunks of earlier tasks are Dask futures: Dask hands their data to the worker.
         argument = tuple(a.handle if isinstance(a, Remote) else a for a in task.argument)
         remote = self._client.submit(
             _run_on_worker,
             task.function_key,
-            function,
+            self._functions.handle(task),
             argument,
             key=f"madhatter-{task.key}",
             pure=False,
@@ -147,47 +159,23 @@ class DaskEngine(Engine):
             self._futures.add(remote)
         timer = None
         if task.timeout is not None:
-            timer = threading.Timer(task.timeout, self._expire, args=(remote, result, task.timeout))
-            timer.daemon = True
-            timer.start()
+            timer = expire_after(result, task.timeout, remote.cancel)
         remote.add_done_callback(lambda done: self._resolve(done, result, timer, output))
         return result
 
     def _resolve(
         self, remote: Any, result: Future[TaskResult], timer: threading.Timer | None, output: Any
     ) -> None:
+        """Hand Dask's answer on to the task's future, unless its timeout failed it first."""
         if timer is not None:
             timer.cancel()
         with self._lock:
             self._futures.discard(remote)
         try:
-            if remote.status == "finished":
-                answer: TaskResult = remote.result()
-                if output is not None:  # the output stays on the cluster, as a future
-                    summary, count = answer.value
-                    answer = dataclasses.replace(answer, value=(summary, Remote(output, count)))
-                result.set_result(answer)
-            elif remote.status == "cancelled":
-                result.set_exception(TaskLost("the task was cancelled on the Dask cluster"))
-            else:
-                error = remote.exception()
-                if isinstance(error, distributed.KilledWorker):
-                    error = TaskLost(f"Dask gave up on the task after its workers died: {error}")
-                result.set_exception(error)
-        except InvalidStateError:  # the timeout failed it first
-            pass
+            answer, error = _outcome(remote, output)
         except Exception as exc:  # fetching the result itself failed (e.g. the cluster went away)
-            try:
-                result.set_exception(TaskLost(f"the result could not be fetched from Dask: {exc!r}"))
-            except InvalidStateError:
-                pass
-
-    def _expire(self, remote: Any, result: Future[TaskResult], timeout: float) -> None:
-        try:
-            result.set_exception(TaskTimedOut(timeout))
-        except InvalidStateError:
-            return
-        remote.cancel()
+            answer, error = None, TaskLost(f"the result could not be fetched from Dask: {exc!r}")
+        settle(result, answer, error)
 
     def shutdown(self, *, cancel_pending: bool) -> None:
         with self._lock:
@@ -199,9 +187,8 @@ class DaskEngine(Engine):
         self._close()
 
     def _close(self) -> None:
-        for scattered in self._functions.values():
+        for scattered in self._functions.clear():
             scattered.release()
-        self._functions.clear()
         self._client.close()
         if self._cluster is not None:
             self._cluster.close()

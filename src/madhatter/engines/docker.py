@@ -33,7 +33,6 @@ import dataclasses
 import os
 import queue
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 from .._errors import EngineError
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
 from ._container import LABEL, RUN_LABEL, ContainerSpec, ContainerWorker
+from ._kit import ShippedFunctions, settle, worker_runtime
 from ._registry import require_extra
 from ._serialize import dumps_data, dumps_portable
 
@@ -63,21 +63,24 @@ _checked_runtimes: dict[tuple[str, str], str] = {}
 
 
 @dataclasses.dataclass
-class _Job:
+class _QueuedTask:
+    """A task waiting for (or running in) a container of its kind, with its pickled parts."""
+
     task: Task
     spec: ContainerSpec
     reusable: bool
-    message_parts: tuple[str, str, bytes]  # key, function key, pickled argument
+    function: bytes  # pickled by value where the container cannot import it
+    argument: bytes
     future: Future[TaskResult] = dataclasses.field(default_factory=Future)
 
 
 @dataclasses.dataclass(eq=False)
-class _Slot:
+class _ContainerSlot:
     """One container's place in the engine: its thread, its inbox, whether it is working."""
 
     spec: ContainerSpec
     reusable: bool
-    inbox: queue.SimpleQueue[_Job | None] = dataclasses.field(default_factory=queue.SimpleQueue)
+    inbox: queue.SimpleQueue[_QueuedTask | None] = dataclasses.field(default_factory=queue.SimpleQueue)
     busy: bool = True
     retiring: bool = False  # told to stop, to make room for a container of another kind
     worker: ContainerWorker | None = None
@@ -141,9 +144,9 @@ class DockerEngine(Engine):
         }
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._slots: list[_Slot] = []
-        self._functions: dict[str, bytes] = {}
+        self._pending: collections.deque[_QueuedTask] = collections.deque()
+        self._slots: list[_ContainerSlot] = []
+        self._functions: ShippedFunctions[bytes] = ShippedFunctions(_dumps_function)
         self._ready: set[tuple[str, str]] = set()  # (image, python) checked by this engine
         self._closing = False
         self._cancelling = False
@@ -205,7 +208,7 @@ class DockerEngine(Engine):
                 f"Docker image {spec.image!r} is not on this machine; build it, or pull it "
                 f"(docker pull {spec.image}) before the run"
             ) from None
-        expected = f"{sys.version_info.major}.{sys.version_info.minor}"
+        expected = _driver_python()
         found = _checked_runtimes.get((image_id, spec.python))
         if found is None:
             found = _checked_runtimes[(image_id, spec.python)] = self._probe_python(spec)
@@ -219,7 +222,7 @@ class DockerEngine(Engine):
 
     def _probe_python(self, spec: ContainerSpec) -> str:
         command = [spec.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]
-        needs = f"madhatter needs Python {sys.version_info.major}.{sys.version_info.minor} in the image"
+        needs = f"madhatter needs Python {_driver_python()} in the image"
         container = None
         try:
             container = self._client.containers.create(
@@ -251,18 +254,16 @@ class DockerEngine(Engine):
     def submit(self, task: Task) -> Future[TaskResult]:
         spec, reusable = self._spec_of({**self._defaults, **task.resources})
         self._check_runtime(spec)  # cached: a dict look-up after the first task of an image
-        function_key = task.function_key
-        if function_key not in self._functions:
-            self._functions[function_key] = dumps_portable(task.function, function=True)
+        function = self._functions.handle(task)
         argument = dumps_portable(task.argument, function=False)
-        job = _Job(task, spec, reusable, (task.key, function_key, argument))
-        job.future.set_running_or_notify_cancel()
+        queued = _QueuedTask(task, spec, reusable, function, argument)
+        queued.future.set_running_or_notify_cancel()
         with self._lock:
             if self._closing:
                 raise RuntimeError("the docker engine is shut down")
-            self._pending.append(job)
+            self._pending.append(queued)
             self._dispatch()
-        return job.future
+        return queued.future
 
     def _dispatch(self) -> None:
         """Give waiting tasks to idle containers of their kind, or start containers for them.
@@ -270,9 +271,9 @@ class DockerEngine(Engine):
         Called with the lock held, whenever a task arrives or a container becomes free.
         """
         making_room = sum(1 for slot in self._slots if slot.retiring)
-        for job in list(self._pending):
+        for queued in list(self._pending):
             slot = next(
-                (s for s in self._slots if not s.busy and s.reusable and s.spec == job.spec), None
+                (s for s in self._slots if not s.busy and s.reusable and s.spec == queued.spec), None
             )
             if slot is None and len(self._slots) >= self._size:
                 if making_room:
@@ -282,103 +283,98 @@ class DockerEngine(Engine):
                 if idle is not None:
                     self._retire(idle)  # an idle container of another kind makes room
                 continue  # wait for a place
-            self._pending.remove(job)
+            self._pending.remove(queued)
             if slot is None:
-                self._start_slot(job)
+                self._start_slot(queued)
             else:
                 slot.busy = True
-                slot.inbox.put(job)
+                slot.inbox.put(queued)
 
-    def _retire(self, slot: _Slot) -> None:
+    def _retire(self, slot: _ContainerSlot) -> None:
         """Stop an idle container; it keeps its place (so the cap holds) until it is gone."""
         slot.busy = slot.retiring = True
         slot.inbox.put(None)
 
-    def _start_slot(self, job: _Job) -> None:
-        slot = _Slot(job.spec, job.reusable)
+    def _start_slot(self, queued: _QueuedTask) -> None:
+        slot = _ContainerSlot(queued.spec, queued.reusable)
         slot.thread = threading.Thread(
-            target=self._serve, args=(slot, job), name="madhatter-docker", daemon=True
+            target=self._serve, args=(slot, queued), name="madhatter-docker", daemon=True
         )
         self._slots.append(slot)
         slot.thread.start()
 
     # -- one container's thread ------------------------------------------------------------
 
-    def _serve(self, slot: _Slot, job: _Job | None) -> None:
-        """Start a container, then run the jobs it is given until it is retired or dies.
+    def _serve(self, slot: _ContainerSlot, queued: _QueuedTask | None) -> None:
+        """Start a container, then run the tasks it is given until it is retired or dies.
 
         A task's future is resolved only once its container is free again (or gone, and its
         place given up): the runner submits the next task the moment it sees the result, and
         that task must find the container idle, or the step's ``n`` would not hold.
         """
-        assert job is not None
+        assert queued is not None
         try:
             worker = ContainerWorker(self._client, slot.spec, self._labels)
         except Exception as exc:
             self._release(slot)
-            self._fail(job, TaskLost(f"could not start a container ({slot.spec.describe()}): {exc}"))
+            lost = TaskLost(f"could not start a container ({slot.spec.describe()}): {exc}")
+            settle(queued.future, error=lost)
             return
         with self._lock:
             slot.worker, cancelled = worker, self._cancelling
         try:
-            while job is not None and not cancelled:
-                alive, outcome = self._run(worker, job)
+            while queued is not None and not cancelled:
+                alive, outcome = self._run(worker, queued)
                 if not (alive and slot.reusable):  # fresh per task, or dead: gone before the result
                     _stop_quietly(worker)
                     self._release(slot)
-                    self._resolve(job, outcome)
+                    self._resolve(queued, outcome)
                     return
                 with self._lock:
                     slot.busy = False
                     self._dispatch()
                     self._changed.notify_all()
-                self._resolve(job, outcome)
-                job = slot.inbox.get()
-            if job is not None and cancelled:
-                self._fail(job, TaskLost("the run was stopped before the task started"))
+                self._resolve(queued, outcome)
+                queued = slot.inbox.get()
+            if queued is not None and cancelled:
+                settle(queued.future, error=TaskLost("the run was stopped before the task started"))
         finally:
             try:
                 _stop_quietly(worker)
             finally:
                 self._release(slot)
 
-    def _run(self, worker: ContainerWorker, job: _Job) -> tuple[bool, TaskResult | BaseException]:
-        """Run ``job`` in ``worker``: ``(container still alive, result or error)``."""
-        key, function_key, argument = job.message_parts
-        function = None if function_key in worker.functions else self._functions[function_key]
-        message = dumps_data((key, function_key, function, argument))
+    def _run(
+        self, worker: ContainerWorker, queued: _QueuedTask
+    ) -> tuple[bool, TaskResult | BaseException]:
+        """Run ``queued`` in ``worker``: ``(container still alive, result or error)``."""
+        task = queued.task
+        function = None if task.function_key in worker.functions else queued.function
+        message = dumps_data((task.key, task.function_key, function, queued.argument))
         try:
-            ok, value, started, seconds = worker.run(message, job.task.timeout)
+            ok, value, started, seconds = worker.run(message, task.timeout)
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died
             return False, exc
-        worker.functions.add(function_key)
+        worker.functions.add(task.function_key)
         if ok:
             return True, TaskResult(value, f"container-{worker.name}", started, seconds)
         return True, value
 
-    def _resolve(self, job: _Job, outcome: TaskResult | BaseException) -> None:
+    @staticmethod
+    def _resolve(queued: _QueuedTask, outcome: TaskResult | BaseException) -> None:
+        """Resolve the task's future with ``outcome``, unless a cancellation came first."""
         if isinstance(outcome, BaseException):
-            self._fail(job, outcome)
+            settle(queued.future, error=outcome)
         else:
-            self._succeed(job, outcome)
+            settle(queued.future, outcome)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _ContainerSlot) -> None:
         with self._lock:
             if slot in self._slots:
                 self._slots.remove(slot)
             if not self._closing:
                 self._dispatch()
             self._changed.notify_all()
-
-    @staticmethod
-    def _succeed(job: _Job, result: TaskResult) -> None:
-        if not job.future.done():
-            job.future.set_result(result)
-
-    @staticmethod
-    def _fail(job: _Job, error: BaseException) -> None:
-        if not job.future.done():
-            job.future.set_exception(error)
 
     # -- shutting down ---------------------------------------------------------------------
 
@@ -393,8 +389,8 @@ class DockerEngine(Engine):
             running = [slot.worker for slot in slots if slot.worker is not None]
             for slot in slots:
                 slot.inbox.put(None)
-        for job in doomed:
-            self._fail(job, TaskLost("the run was stopped before the task started"))
+        for queued in doomed:
+            settle(queued.future, error=TaskLost("the run was stopped before the task started"))
         if cancel_pending:
             for worker in running:
                 worker.kill()  # their threads see the container die, fail its task and remove it
@@ -421,6 +417,16 @@ class DockerEngine(Engine):
                     pass
         except docker.errors.DockerException:
             pass
+
+
+def _dumps_function(function: Any) -> bytes:
+    """A task function pickled for a container, which can import none of the driver's code."""
+    return dumps_portable(function, function=True)
+
+
+def _driver_python() -> str:
+    """The driver's Python major.minor, which an image's must match (pickled bytecode)."""
+    return worker_runtime()[1]
 
 
 def _stop_quietly(worker: ContainerWorker) -> None:

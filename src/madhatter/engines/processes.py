@@ -21,7 +21,6 @@ import collections
 import dataclasses
 import multiprocessing
 import os
-import signal
 import threading
 import time
 import warnings
@@ -30,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
+from ._kit import describe_exit
 from ._serialize import dumps_data, dumps_function, loads
 from ._worker import STOP, worker_main
 
@@ -72,19 +72,6 @@ class _Worker:
     def current(self) -> _Pending | None:
         """The task the worker is running (the first it was sent and has not answered)."""
         return self.tasks[0] if self.tasks else None
-
-
-def _describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "it stopped answering"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        hint = " (often the out-of-memory killer)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    return f"exited with code {exitcode}"
 
 
 class ProcessesEngine(Engine):
@@ -286,7 +273,7 @@ class ProcessesEngine(Engine):
 
     def _replace(self, worker: _Worker) -> None:
         worker.process.join(timeout=1)
-        detail = f"worker {worker.name} {_describe_exit(worker.process.exitcode)}"
+        detail = f"worker {worker.name} {describe_exit(worker.process.exitcode)}"
         if worker.dead:
             detail = f"worker {worker.name} was stopped by madhatter"
         with self._lock:
