@@ -1,15 +1,13 @@
 """Running one parallel stage: chunk its input, run the chunks, re-assemble the output.
 
-A :class:`StageRunner` is pumped by the evaluator (``_evaluator.py``): each pump reads input, launches
-chunks while the stage has capacity, and writes finished chunks to the stage's output channel in
+A :class:`StageRunner` is pumped by the evaluator (``_evaluator.py``): each pump reads input,
+launches chunks while the stage has capacity, and writes finished chunks to the stage's output channel in
 input order (or as they finish, when unordered). Capacity is the back-pressure: at most ``window``
 chunks in flight (the step's ``n``, capped by the engine's workers), and no new chunk while too many
 finished ones wait for a slow consumer.
 
-Where a chunk runs is decided per stage, from measurements (see ``_sizing.py``): the first items
-are run in the driver while timing them (the *probe*); if their compute time does not beat the cost
-of pickling them to a worker and back, the stage stays in the driver ("inline"), otherwise its
-chunks go to the engine.
+Where a chunk runs -- in the driver or on the engine -- is the stage's :class:`~._placement.Placement`,
+decided from measurements (``_placement.py``, ``_sizing.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import heapq
 import threading
 import time
 from concurrent.futures import Future, wait
-from typing import Any, Literal
+from typing import Any
 
 from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost, first_line
 from .._events import (
@@ -34,24 +32,15 @@ from .._events import (
 from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
 from ..engines._kit import timed_call
 from ..graph import Stage
-from ._chain import ChainTask, ChunkOutcome, KeepOutput, preview, user_traceback
+from ._chain import ChainTask, KeepOutput, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
 from ._context import RunContext
+from ._placement import Placement
 from ._readers import Reader
-from ._sizing import (
-    INLINE_TARGET_SECONDS,
-    PROBE_SECONDS,
-    ChunkSizer,
-    shipping_pays_off,
-    transfer_seconds_per_item,
-)
+from ._sizing import PROBE_SECONDS, ChunkSizer
 
-Mode = Literal["probe", "inline", "ship"]
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
-SLOW_CHUNKS_BEFORE_SHIPPING = 3
-"""A step running in the driver moves to the engine only after this many chunks in a row were
-worth shipping: one chunk slowed by a busy machine must not decide (seen on W5 under load)."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
 
@@ -116,22 +105,18 @@ class StageRunner:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
         else:
             self.window = engine.workers * traits.tasks_per_worker
-        if traits.runs_inline:
-            self.mode: Mode = "ship"  # its tasks run in the caller anyway: nothing to probe
-        else:
-            self.mode = "probe" if inline_allowed else "ship"
-        self._ship_seconds = traits.task_seconds
-        target = INLINE_TARGET_SECONDS if self.mode != "ship" else self._ship_seconds
         concurrency = min(stage.n or engine.workers, engine.workers)
-        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
+        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=0.0, workers=concurrency)
         self.sizer.total = reader.total
+        self.placement = Placement(
+            self.sizer,
+            # an engine whose tasks run in the caller anyway leaves nothing to probe
+            probe=inline_allowed and not traits.runs_inline,
+            ship_seconds=traits.task_seconds,
+            ships_data=traits.ships_data,
+        )
         self.finished = False
         self._pumping = False
-        self._adaptive = self.mode == "probe"
-        self._transfer = 0.0
-        self._slow_chunks = 0
-        self._probe_items = 0
-        self._probe_seconds = 0.0
         self._next_index = 0
         self._next_emit = 0
         self._in_flight = 0
@@ -167,7 +152,7 @@ class StageRunner:
             self._launch(heapq.heappop(self._retries)[2])
             progressed = True
         while not self._input_done and self._has_capacity():
-            size = self._next_size()
+            size = self.placement.next_size()
             if not self.reader.ready(size) and (self._in_flight or not self.reader.available()):
                 break  # wait for a fuller chunk while the stage still has work out
             items = self.reader.read(size)
@@ -179,7 +164,7 @@ class StageRunner:
             self._launch(Job(self._next_index, items))
             self._next_index += 1
             progressed = True
-            if self.mode != "ship":
+            if not self.placement.shipping:
                 break  # one chunk in the driver per pump, so other stages get their turn
         progressed = self._flush() or progressed
         if self._input_done and not (
@@ -193,22 +178,17 @@ class StageRunner:
         return self._retries[0][0] if self._retries else None
 
     def _has_capacity(self) -> bool:
-        if self.mode != "ship":
+        if not self.placement.shipping:
             return self.run.relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
         if self._in_flight >= self.window:
             return False
         held = self._in_flight + len(self._buffer) + (0 if self.run.relaxed else self.output.pending())
         return held < OUTSTANDING_PER_WINDOW * self.window + 1
 
-    def _next_size(self) -> int:
-        if self.mode == "probe" and self.stage.chunk_by is None:
-            return max(1, 2 * self._probe_items)  # 1, 2, 4, ... items until the probe is long enough
-        return self.sizer.next_size()
-
     # -- running chunks --------------------------------------------------------------------
 
     def _launch(self, job: Job) -> None:
-        if self.mode == "ship":
+        if self.placement.shipping:
             task = Task(
                 key=f"{self.run.run_id}/{self.stage.name}/{job.index}/{job.attempt}",
                 function=KeepOutput(self.task) if self.keep_output else self.task,
@@ -230,7 +210,7 @@ class StageRunner:
             self._in_flight += 1
             self.run.track(future, functools.partial(self.on_done, job))
             return
-        if self.mode == "probe" and self._probe_items == 0:
+        if self.placement.first_probe:
             # The first item's cost is unknown: time-box it on a thread, so a slow item starts
             # the engine's workers at once instead of keeping them idle while the driver works.
             job.shipped = False
@@ -242,7 +222,7 @@ class StageRunner:
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
-                self._switch_to_shipping()
+                self.placement.ship()
                 job.in_driver = True
                 self._in_driver += 1
                 self.run.track(future, functools.partial(self.on_done, job))
@@ -262,34 +242,11 @@ class StageRunner:
                 self._failed(job, exc)
                 return
             result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
-        outcome = result.value
         self._completed(job, result)
-        if self.mode == "probe":
-            self._probe(job, outcome, result.seconds)
-        elif self._adaptive:
-            per_item = result.seconds / max(1, job.count)
-            slow = shipping_pays_off(per_item, self._transfer)
-            self._slow_chunks = self._slow_chunks + 1 if slow else 0
-            if self._slow_chunks >= SLOW_CHUNKS_BEFORE_SHIPPING:
-                self._switch_to_shipping()
-
-    def _probe(self, job: Job, outcome: ChunkOutcome, seconds: float) -> None:
-        self._probe_items += job.count
-        self._probe_seconds += seconds
-        if self._probe_seconds < PROBE_SECONDS and not self._input_done:
-            return
-        if self.traits.ships_data:
-            self._transfer = transfer_seconds_per_item(job.local_items, outcome.outputs)
-        per_item = self._probe_seconds / max(1, self._probe_items)
-        self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
-        if shipping_pays_off(per_item, self._transfer):
-            self._switch_to_shipping()
-        else:
-            self.mode = "inline"
-
-    def _switch_to_shipping(self) -> None:
-        self.mode = "ship"
-        self.sizer.target_seconds = self._ship_seconds
+        outputs = result.value.outputs
+        self.placement.ran_in_driver(
+            job.local_items, outputs, result.seconds, input_done=self._input_done
+        )
 
     def on_done(self, job: Job, future: Future[TaskResult]) -> None:
         """The one place a launched chunk's future is handled, once it has resolved."""
