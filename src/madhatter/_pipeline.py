@@ -14,8 +14,8 @@ from ._errors import PipelineDefinitionError
 from ._events import Listener
 from ._loading import load_module
 from ._results import RunReport
+from .driver import execute_plan
 from .engines import Engine
-from .engines._runner import execute_plan
 from .graph import Graph, Param, Plan, build_graph, graph_params, plan_graph, steps_of_module
 
 DEFAULT_ENGINE = "processes"

@@ -5,7 +5,7 @@ soon as every reader has passed it, so memory holds only what some consumer has 
 ``pending()`` -- the chunks the slowest reader has not finished -- is what producers check for
 back-pressure.
 
-A chunk may also be a :class:`~._base.Remote`: output left on a cluster, which only the same
+A chunk may also be a :class:`~madhatter.engines.Remote`: output left on a cluster, which only the same
 engine's tasks read. A reader gets a remote chunk whole, on its own, never cut or merged.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from ._base import Remote
+from ..engines import Remote
 
 Chunk = list[Any] | Remote
 

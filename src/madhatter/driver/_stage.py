@@ -1,58 +1,46 @@
 """Running one parallel stage: chunk its input, run the chunks, re-assemble the output.
 
-A :class:`StageRunner` is pumped by the scheduler (``_runner.py``): each pump reads input, launches
-chunks while the stage has capacity, and writes finished chunks to the stage's output channel in
+A :class:`StageRunner` is pumped by the evaluator (``_evaluator.py``): each pump reads input,
+launches chunks while the stage has capacity, and writes finished chunks to the stage's output channel in
 input order (or as they finish, when unordered). Capacity is the back-pressure: at most ``window``
 chunks in flight (the step's ``n``, capped by the engine's workers), and no new chunk while too many
 finished ones wait for a slow consumer.
 
-Where a chunk runs is decided per stage, from measurements (see ``_sizing.py``): the first items
-are run in the driver while timing them (the *probe*); if their compute time does not beat the cost
-of pickling them to a worker and back, the stage stays in the driver ("inline"), otherwise its
-chunks go to the engine.
+Where a chunk runs -- in the driver or on the engine -- is the stage's :class:`~._placement.Placement`,
+decided from measurements (``_placement.py``, ``_sizing.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
-import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sized
 from concurrent.futures import Future, wait
-from typing import Any, Literal, Protocol
+from typing import Any
 
-from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost
+from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost, first_line
 from .._events import (
     ChunkDone,
     ChunkRetried,
-    Event,
     ItemSkipped,
     StepFinished,
     StepStarted,
     StepTotalKnown,
 )
-from .._results import StepStats
+from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
+from ..engines._kit import timed_call
 from ..graph import Stage
-from ._base import Engine, Remote, Task, TaskLost, TaskResult, TaskTimedOut
-from ._chain import ChainTask, ChunkOutcome, KeepOutput, preview, user_traceback
+from ._chain import ChainTask, KeepOutput, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
-from ._kit import timed_call
-from ._sizing import (
-    INLINE_TARGET_SECONDS,
-    PROBE_SECONDS,
-    ChunkSizer,
-    shipping_pays_off,
-    transfer_seconds_per_item,
-)
+from ._context import RunContext
+from ._placement import Placement
+from ._readers import Reader
+from ._sizing import PROBE_SECONDS, ChunkSizer
 
-Mode = Literal["probe", "inline", "ship"]
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
-SLOW_CHUNKS_BEFORE_SHIPPING = 3
-"""A step running in the driver moves to the engine only after this many chunks in a row were
-worth shipping: one chunk slowed by a busy machine must not decide (seen on W5 under load)."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
 
@@ -70,95 +58,6 @@ def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
 
     threading.Thread(target=target, name="madhatter-probe", daemon=True).start()
     return future
-
-
-class Reader(Protocol):
-    """A stage's input: items read in order, without waiting where possible."""
-
-    def ready(self, count: int) -> bool:
-        """Whether ``count`` items (or the rest of a finished input) can be read now."""
-
-    def available(self) -> int:
-        """Items readable right now (a lower bound)."""
-
-    def read(self, count: int) -> Chunk:
-        """Up to ``count`` items (or a remote chunk, whole)."""
-
-    @property
-    def exhausted(self) -> bool:
-        """True once everything has been read."""
-
-    @property
-    def total(self) -> int | None:
-        """The number of items in the whole input, once known."""
-
-
-class IterableReader:
-    """Reads a driver step's value (a list, or any iterable, however long).
-
-    An exception raised while iterating (a generator source failing midway) becomes a
-    :class:`StepFailed` naming the step that produced the iterable.
-    """
-
-    def __init__(self, iterable: Iterable[Any], step: str) -> None:
-        self._step = step
-        self._total = len(iterable) if isinstance(iterable, Sized) else None
-        self._iterator: Iterator[Any] = iter(iterable)
-        self._done = False
-        self._count = 0
-
-    def ready(self, count: int) -> bool:
-        return True
-
-    def available(self) -> int:
-        return 0 if self._done else 1
-
-    def read(self, count: int) -> list[Any]:
-        try:
-            items = list(itertools.islice(self._iterator, count))
-        except Exception as exc:
-            where = f"after {self._count} items"
-            raise StepFailed(self._step, 0, where, user_traceback(exc)) from exc
-        self._count += len(items)
-        if len(items) < count:
-            self._done = True
-        return items
-
-    @property
-    def exhausted(self) -> bool:
-        return self._done
-
-    @property
-    def total(self) -> int | None:
-        return self._count if self._done else self._total
-
-
-class ChannelReader:
-    """Reads a parallel stage's output channel through one of its cursors."""
-
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
-        self._reader = channel.claim_reader()
-
-    def ready(self, count: int) -> bool:
-        return self._channel.closed or self._channel.available(self._reader) >= count
-
-    def available(self) -> int:
-        return self._channel.available(self._reader)
-
-    def read(self, count: int) -> Chunk:
-        return self._channel.read(self._reader, count)
-
-    def read_chunk(self) -> list[Any] | None:
-        return self._channel.read_chunk(self._reader)
-
-    @property
-    def exhausted(self) -> bool:
-        return self._channel.exhausted(self._reader)
-
-    @property
-    def total(self) -> int | None:
-        return self._channel.count if self._channel.closed else None
 
 
 @dataclasses.dataclass
@@ -183,22 +82,6 @@ class Job:
         return self.items
 
 
-class RunState(Protocol):
-    """What a stage runner needs from the run around it (implemented by ``_runner.RunContext``)."""
-
-    run_id: str
-    relaxed: bool
-    driver_threads: list[Future[TaskResult]]
-
-    @property
-    def emitting(self) -> bool: ...
-
-    def emit(self, event: Event) -> None: ...
-    def skipped(self, outcome: ChunkOutcome) -> None: ...
-    def stats(self, step: str) -> StepStats: ...
-    def track(self, future: Future[TaskResult], runner: StageRunner, job: Job) -> None: ...
-
-
 class StageRunner:
     """Drives one parallel stage (a fused chain of steps) on one engine."""
 
@@ -209,34 +92,31 @@ class StageRunner:
         reader: Reader,
         output: Channel,
         engine: Engine,
-        run: RunState,
+        traits: EngineTraits,
+        run: RunContext,
         *,
         inline_allowed: bool,
         keep_output: bool = False,
     ) -> None:
         self.stage, self.task, self.reader, self.output = stage, task, reader, output
-        self.engine, self.run = engine, run
+        self.engine, self.traits, self.run = engine, traits, run
         self.keep_output = keep_output  # leave outputs on the engine's cluster for the next stage
         if stage.n is not None and stage.n < engine.workers:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
         else:
-            self.window = engine.workers * engine.traits.tasks_per_worker
-        if engine.traits.runs_inline:
-            self.mode: Mode = "ship"  # its tasks run in the caller anyway: nothing to probe
-        else:
-            self.mode = "probe" if inline_allowed else "ship"
-        self._ship_seconds = engine.prepare(dict(stage.first.resources)).task_seconds
-        target = INLINE_TARGET_SECONDS if self.mode != "ship" else self._ship_seconds
+            self.window = engine.workers * traits.tasks_per_worker
         concurrency = min(stage.n or engine.workers, engine.workers)
-        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=target, workers=concurrency)
+        self.sizer = ChunkSizer(fixed=stage.chunk_by, target_seconds=0.0, workers=concurrency)
         self.sizer.total = reader.total
+        self.placement = Placement(
+            self.sizer,
+            # an engine whose tasks run in the caller anyway leaves nothing to probe
+            probe=inline_allowed and not traits.runs_inline,
+            ship_seconds=traits.task_seconds,
+            ships_data=traits.ships_data,
+        )
         self.finished = False
         self._pumping = False
-        self._adaptive = self.mode == "probe"
-        self._transfer = 0.0
-        self._slow_chunks = 0
-        self._probe_items = 0
-        self._probe_seconds = 0.0
         self._next_index = 0
         self._next_emit = 0
         self._in_flight = 0
@@ -272,7 +152,7 @@ class StageRunner:
             self._launch(heapq.heappop(self._retries)[2])
             progressed = True
         while not self._input_done and self._has_capacity():
-            size = self._next_size()
+            size = self.placement.next_size()
             if not self.reader.ready(size) and (self._in_flight or not self.reader.available()):
                 break  # wait for a fuller chunk while the stage still has work out
             items = self.reader.read(size)
@@ -284,7 +164,7 @@ class StageRunner:
             self._launch(Job(self._next_index, items))
             self._next_index += 1
             progressed = True
-            if self.mode != "ship":
+            if not self.placement.shipping:
                 break  # one chunk in the driver per pump, so other stages get their turn
         progressed = self._flush() or progressed
         if self._input_done and not (
@@ -298,22 +178,17 @@ class StageRunner:
         return self._retries[0][0] if self._retries else None
 
     def _has_capacity(self) -> bool:
-        if self.mode != "ship":
+        if not self.placement.shipping:
             return self.run.relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
         if self._in_flight >= self.window:
             return False
         held = self._in_flight + len(self._buffer) + (0 if self.run.relaxed else self.output.pending())
         return held < OUTSTANDING_PER_WINDOW * self.window + 1
 
-    def _next_size(self) -> int:
-        if self.mode == "probe" and self.stage.chunk_by is None:
-            return max(1, 2 * self._probe_items)  # 1, 2, 4, ... items until the probe is long enough
-        return self.sizer.next_size()
-
     # -- running chunks --------------------------------------------------------------------
 
     def _launch(self, job: Job) -> None:
-        if self.mode == "ship":
+        if self.placement.shipping:
             task = Task(
                 key=f"{self.run.run_id}/{self.stage.name}/{job.index}/{job.attempt}",
                 function=KeepOutput(self.task) if self.keep_output else self.task,
@@ -321,7 +196,7 @@ class StageRunner:
                 argument=(job.index, job.items),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
-                retries=self.stage.first.retries if self.engine.traits.retries else 0,
+                retries=self.stage.first.retries if self.traits.retries else 0,
                 keep_output=self.keep_output,
             )
             job.shipped = True
@@ -333,9 +208,9 @@ class StageRunner:
                     f"cannot be sent to the {self.engine.name!r} engine: {type(exc).__name__}: {exc}"
                 ) from exc
             self._in_flight += 1
-            self.run.track(future, self, job)
+            self.run.track(future, functools.partial(self.on_done, job))
             return
-        if self.mode == "probe" and self._probe_items == 0:
+        if self.placement.first_probe:
             # The first item's cost is unknown: time-box it on a thread, so a slow item starts
             # the engine's workers at once instead of keeping them idle while the driver works.
             job.shipped = False
@@ -347,10 +222,10 @@ class StageRunner:
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
-                self._switch_to_shipping()
+                self.placement.ship()
                 job.in_driver = True
                 self._in_driver += 1
-                self.run.track(future, self, job)
+                self.run.track(future, functools.partial(self.on_done, job))
                 self.run.driver_threads.append(future)
                 return
             error = future.exception()
@@ -367,37 +242,14 @@ class StageRunner:
                 self._failed(job, exc)
                 return
             result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
-        outcome = result.value
         self._completed(job, result)
-        if self.mode == "probe":
-            self._probe(job, outcome, result.seconds)
-        elif self._adaptive:
-            per_item = result.seconds / max(1, job.count)
-            slow = shipping_pays_off(per_item, self._transfer)
-            self._slow_chunks = self._slow_chunks + 1 if slow else 0
-            if self._slow_chunks >= SLOW_CHUNKS_BEFORE_SHIPPING:
-                self._switch_to_shipping()
+        outputs = result.value.outputs
+        self.placement.ran_in_driver(
+            job.local_items, outputs, result.seconds, input_done=self._input_done
+        )
 
-    def _probe(self, job: Job, outcome: ChunkOutcome, seconds: float) -> None:
-        self._probe_items += job.count
-        self._probe_seconds += seconds
-        if self._probe_seconds < PROBE_SECONDS and not self._input_done:
-            return
-        if self.engine.traits.ships_data:
-            self._transfer = transfer_seconds_per_item(job.local_items, outcome.outputs)
-        per_item = self._probe_seconds / max(1, self._probe_items)
-        self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
-        if shipping_pays_off(per_item, self._transfer):
-            self._switch_to_shipping()
-        else:
-            self.mode = "inline"
-
-    def _switch_to_shipping(self) -> None:
-        self.mode = "ship"
-        self.sizer.target_seconds = self._ship_seconds
-
-    def on_done(self, future: Future[TaskResult], job: Job) -> None:
-        """Called by the scheduler when a future this stage launched has resolved."""
+    def on_done(self, job: Job, future: Future[TaskResult]) -> None:
+        """The one place a launched chunk's future is handled, once it has resolved."""
         if job.in_driver:
             self._in_driver -= 1
             job.in_driver = False
@@ -439,7 +291,7 @@ class StageRunner:
                     )
                 )
         if outcome.skipped:
-            self.run.skipped(outcome)
+            self.run.skip(outcome.skipped)
             for item in outcome.skipped:
                 self.run.emit(
                     ItemSkipped(self.run.run_id, item.step, item.chunk, preview(item.item), item.error)
@@ -451,15 +303,14 @@ class StageRunner:
 
     def _failed(self, job: Job, error: BaseException) -> None:
         public = self._public_error(job, error)
-        retries = 0 if job.shipped and self.engine.traits.retries else self.stage.first.retries
+        retries = 0 if job.shipped and self.traits.retries else self.stage.first.retries
         if job.attempt >= retries:
             raise public from (error if public is not error else error.__cause__)
         job.attempt += 1
         delay = self.stage.first.retry_delay * 2 ** (job.attempt - 1)
         heapq.heappush(self._retries, (time.monotonic() + delay, job.index, job))
-        self.run.emit(
-            ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, _one_line(public))
-        )
+        gist = public.cause_line if isinstance(public, StepFailed) else first_line(public)
+        self.run.emit(ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, gist))
 
     def _public_error(self, job: Job, error: BaseException) -> BaseException:
         if isinstance(error, RunError):
@@ -501,13 +352,3 @@ class StageRunner:
             self.run.emit(
                 StepFinished(self.run.run_id, step.name, stats.items_in, stats.items_out, stats.seconds)
             )
-
-
-def _one_line(error: BaseException) -> str:
-    """The gist of an error in one line: for a step's failure, the user's own exception line."""
-    if isinstance(error, StepFailed):
-        lines = [line for line in error.remote_traceback.splitlines() if line.strip()]
-        if lines:
-            return lines[-1].strip()
-    text = str(error)
-    return text.splitlines()[0] if text else type(error).__name__

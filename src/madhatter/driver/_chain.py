@@ -25,8 +25,8 @@ from typing import Any
 
 from .._errors import StepFailed
 from .._results import SkippedItem
-from ._base import TaskTimedOut
-from ._deadline import deadline
+from ..engines import TaskTimedOut
+from ..engines._deadline import deadline
 
 _preview = reprlib.Repr()
 _preview.maxlist = _preview.maxtuple = _preview.maxset = _preview.maxdict = 4

@@ -1,0 +1,106 @@
+"""The state of one run that every stage shares: events, statistics, skipped items, cancellation,
+and the futures in flight.
+
+Each future in flight has exactly one owner: the callback registered with :meth:`RunContext.track`
+when it was launched. Futures may resolve on any thread (an engine's management thread, a Dask
+or Ray callback thread); their completions are queued here and handed to their owners only on the
+driver's thread, by :meth:`RunContext.dispatch_completed`, so no stage is ever called
+concurrently.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from threading import Event as ThreadingEvent
+from typing import Any
+
+from .._errors import RunCancelled
+from .._events import Emitter, Event
+from .._results import RunReport, SkippedItem, StepStats
+from ..engines import TaskResult
+
+CANCEL_POLL_SECONDS = 0.1
+"""How often a run with a cancel event looks at it while waiting for tasks."""
+
+OnDone = Callable[[Future[TaskResult]], None]
+
+
+class RunContext:
+    """One run's shared state (see the module docstring)."""
+
+    def __init__(self, run_id: str, emitter: Emitter, cancel: ThreadingEvent | None) -> None:
+        self.run_id = run_id
+        self.relaxed = False
+        self._emitter = emitter
+        self._cancel = cancel
+        self._skipped: list[SkippedItem] = []
+        self._stats: dict[str, StepStats] = {}
+        self.driver_threads: list[Future[TaskResult]] = []
+        self._completed: queue.SimpleQueue[Future[TaskResult]] = queue.SimpleQueue()
+        self._owners: dict[Future[TaskResult], OnDone] = {}
+
+    # -- events, statistics, skipped items -------------------------------------------------
+
+    @property
+    def emitting(self) -> bool:
+        """Whether anyone listens (hot paths skip building events otherwise)."""
+        return bool(self._emitter)
+
+    def emit(self, event: Event) -> None:
+        if self._emitter:
+            self._emitter.emit(event)
+
+    def skip(self, items: tuple[SkippedItem, ...]) -> None:
+        self._skipped.extend(items)
+
+    def stats(self, step: str) -> StepStats:
+        return self._stats.setdefault(step, StepStats())
+
+    def report(self, result: Any, seconds: float) -> RunReport:
+        return RunReport(self.run_id, result, tuple(self._skipped), dict(self._stats), seconds)
+
+    # -- futures in flight -----------------------------------------------------------------
+
+    def track(self, future: Future[TaskResult], on_done: OnDone) -> None:
+        """Hand ``future``'s completion to ``on_done``, on the driver's thread, exactly once."""
+        self._owners[future] = on_done
+        future.add_done_callback(self._completed.put)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._owners)
+
+    def dispatch_completed(self, timeout: float | None, *, block: bool) -> None:
+        """Hand every future that finished since the last call to its owner; with ``block``,
+        first wait up to ``timeout`` for one. O(1) per completion, unlike
+        ``concurrent.futures.wait`` (O(futures) per call, which cost W4's 64 threads a fifth of
+        their time)."""
+        try:
+            if block:
+                future = self._completed.get(timeout=timeout)
+                self._owners.pop(future)(future)
+            while True:
+                future = self._completed.get_nowait()
+                self._owners.pop(future)(future)
+        except queue.Empty:
+            pass
+
+    # -- cancellation ----------------------------------------------------------------------
+
+    def sleep(self, seconds: float) -> None:
+        """Wait for a retry's delay, waking up early if the run is cancelled."""
+        if self._cancel is not None:
+            self._cancel.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+    def check_cancelled(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise RunCancelled("cancel requested")
+
+    @property
+    def poll_seconds(self) -> float | None:
+        return CANCEL_POLL_SECONDS if self._cancel is not None else None

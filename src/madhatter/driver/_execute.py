@@ -1,0 +1,74 @@
+"""Run a plan: the one entry point of the driver package.
+
+Everything a run starts is stopped when it ends: engines are shut down (cancelling their pending
+work if the run failed or was interrupted) before the error or the result is handed back, and the
+run's last event says how it ended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import wait
+from threading import Event as ThreadingEvent
+from typing import Any
+
+from .._errors import RunCancelled, first_line
+from .._events import Emitter, Listener, RunFinished, RunStarted
+from .._results import RunReport
+from ..engines import Engine
+from ..graph import Plan
+from ._chain import release_setups
+from ._context import RunContext
+from ._engines import EngineSet
+from ._evaluator import Evaluator
+
+
+def execute_plan(
+    plan: Plan,
+    *,
+    pipeline: str,
+    engine: str | Engine,
+    workers: int | None,
+    params: Mapping[str, Any],
+    listeners: list[Listener],
+    cancel: ThreadingEvent | None,
+    inline: bool,
+    engine_options: Mapping[str, Any],
+) -> RunReport:
+    """Run ``plan`` and return its report; on any error, stop everything first, then raise."""
+    run_id = uuid.uuid4().hex[:12]
+    emitter = Emitter(listeners)
+    run = RunContext(run_id, emitter, cancel)
+    engines = EngineSet(engine, workers, engine_options)
+    evaluator = Evaluator(plan, engines, run, params, inline=inline)
+    evaluator.check_shippable()
+    steps = tuple(itertools.chain.from_iterable(stage.step_names for stage in plan.stages))
+    started = time.perf_counter()
+    status, error = "failed", None
+    try:
+        evaluator.prepare_engines()
+        engine = engines.get(None)
+        engine_info = (engines.default_name, engine.workers, steps, engine.dashboard_link)
+        run.emit(RunStarted(run_id, pipeline, *engine_info))
+        result = evaluator.result()
+        status = "succeeded"
+        return run.report(result, time.perf_counter() - started)
+    except (KeyboardInterrupt, RunCancelled) as exc:
+        status, error = "cancelled", str(exc) or "interrupted"
+        raise
+    except BaseException as exc:
+        error = first_line(exc)
+        raise
+    finally:
+        try:
+            # After success, tasks still out are unneeded (a stream consumer stopped early).
+            engines.shutdown(cancel_pending=status != "succeeded" or bool(run.in_flight))
+        finally:
+            if status != "cancelled":  # Ctrl-C must be prompt; else a probe item ends first
+                wait(run.driver_threads)
+            release_setups(run_id)
+            seconds = time.perf_counter() - started
+            run.emit(RunFinished(run_id, status, seconds, error))
