@@ -40,11 +40,13 @@ class Pipeline:
         *,
         output: Callable[..., Any] | str | None = None,
         name: str | None = None,
-        _chain: bool = False,
     ) -> None:
-        self.graph: Graph = build_graph(steps, output=output, chain=_chain)
-        self.name = name or self.graph.output
-        self.params: Mapping[str, Param] = graph_params(self.graph)
+        self._adopt(build_graph(steps, output=output), name)
+
+    def _adopt(self, graph: Graph, name: str | None) -> None:
+        self.graph: Graph = graph
+        self.name = name or graph.output
+        self.params: Mapping[str, Param] = graph_params(graph)
 
     @classmethod
     def from_module(cls, module: ModuleType | str, *, name: str | None = None) -> Pipeline:
@@ -62,7 +64,9 @@ class Pipeline:
     @classmethod
     def chain(cls, *steps: Callable[..., Any], name: str | None = None) -> Pipeline:
         """A straight pipeline: each step takes the output of the one before it."""
-        return cls(steps, name=name, _chain=True)
+        pipeline = cls.__new__(cls)
+        pipeline._adopt(build_graph(steps, chain=True), name)
+        return pipeline
 
     def plan(self, *, fuse: bool = True) -> Plan:
         """How the steps will be grouped into tasks (see :mod:`madhatter.graph._plan`)."""

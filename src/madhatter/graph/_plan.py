@@ -36,10 +36,6 @@ class Stage:
         return self.steps[0]
 
     @property
-    def last(self) -> Step:
-        return self.steps[-1]
-
-    @property
     def n(self) -> int | None:
         caps = [step.n for step in self.steps if step.n is not None]
         return min(caps) if caps else None
