@@ -1,8 +1,8 @@
 """How big a chunk should be, and whether a step is worth shipping to workers at all.
 
-Chunks are sized from measured time per item so that one task runs about the engine's
-``target_task_seconds``: long enough to amortise the hand-off (pickling, a pipe round trip), short
-enough to balance load across workers. When the input's length is known, a chunk is also capped so
+Chunks are sized from measured time per item so that one task runs about the stage's
+``EngineTraits.task_seconds``: long enough to amortise the hand-off (pickling, a pipe round trip),
+short enough to balance load across workers. When the input's length is known, a chunk is also capped so
 every worker gets several, so the last chunk never leaves the others idle for long.
 
 A step whose work per item is cheaper than moving the item to a worker and back is run in the
