@@ -1,12 +1,14 @@
 """Run parameters: check names against the pipeline's and convert command-line text to values.
 
 A parameter's type is its annotation when that is a simple type (``int``, ``float``, ``bool``,
-``str``, ``pathlib.Path``, or ``X | None`` of one), else the type of its default.
+``str``, ``pathlib.Path``, or ``X | None`` of one), else the type of its default. A value with no
+declared type (an engine option, ``--engine-option k=v``) is what its text looks like.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import pathlib
 import types
 import typing
@@ -20,7 +22,9 @@ _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n"}
 
 
-def _simple_type(param: Param) -> type | None:
+def param_type(param: Param) -> type | None:
+    """The type ``param``'s text converts to (see the module docstring); None if there is none,
+    and then text stays text."""
     annotation = param.annotation
     if isinstance(annotation, str):
         annotation = {t.__name__: t for t in (int, float, bool, str)}.get(annotation.strip())
@@ -37,7 +41,7 @@ def _simple_type(param: Param) -> type | None:
 
 def convert(param: Param, text: str) -> Any:
     """Turn the text of ``--param name=text`` into a value of the parameter's type."""
-    kind = _simple_type(param)
+    kind = param_type(param)
     if kind is None or kind is str:
         return text
     if kind is bool:
@@ -68,12 +72,30 @@ def resolve(known: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, A
     return values
 
 
-def parse_assignments(pairs: list[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, with a clear error for a missing ``=``."""
+def parse_value(text: str) -> int | float | bool | str:
+    """The value ``text`` looks like, for a value with no declared type: an int (``"4"``), a
+    finite float (``"0.5"``), a bool (``"true"``, ``"false"``, any case), else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+def parse_assignments(pairs: list[str], *, option: str = "--param") -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, with a clear error (naming the command-line
+    ``option`` they came from) for a missing ``=``."""
     parsed = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ParameterError(f"--param takes name=value, not {pair!r}")
+            raise ParameterError(f"{option} takes name=value, not {pair!r}")
         parsed[name.strip()] = value
     return parsed

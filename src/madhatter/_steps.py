@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only the type checker reads it
+    from typing_extensions import Unpack
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +36,10 @@ OnError = Literal["raise", "skip"]
 Isolate = Literal["container", "task"]
 
 SPEC_ATTRIBUTE = "__madhatter__"
+
+CONTAINER_ENGINE = "docker"
+"""The engine of a step with container options (``image=``, ``isolate=``, ``network=``) that
+names none with ``engine=``. Naming one lets any engine that runs containers serve such steps."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +166,30 @@ def _resources(
     return tuple(sorted(merged.items()))
 
 
+class ParallelOptions(TypedDict, total=False):
+    """The keyword options of ``@parallel``, ``@parallel.map`` and ``@parallel.filter``, written
+    once for the type checker and the decorator alike: what each means is in
+    :meth:`_ParallelDecorator.__call__`, each default is :class:`StepSpec`'s (none for the
+    container options ``image`` to ``network``, which become ``resources``)."""
+
+    n: int | None
+    chunk_by: int | None
+    retries: int
+    retry_delay: float
+    timeout: float | None
+    on_error: OnError
+    setup: Callable[[], Mapping[str, Any]] | None
+    ordered: bool
+    name: str | None
+    engine: str | None
+    resources: Mapping[str, Any] | None
+    image: str | None
+    cpus: float | None
+    memory: str | int | None
+    isolate: Isolate | None
+    network: str | None
+
+
 class _ParallelDecorator:
     """``@parallel`` (chunks), ``@parallel.map`` (per item) and ``@parallel.filter`` (keep items)."""
 
@@ -168,47 +199,9 @@ class _ParallelDecorator:
     @overload
     def __call__(self, fn: F, /) -> F: ...
     @overload
+    def __call__(self, fn: None = None, /, **options: Unpack[ParallelOptions]) -> Callable[[F], F]: ...
     def __call__(
-        self,
-        *,
-        n: int | None = None,
-        chunk_by: int | None = None,
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        setup: Callable[[], Mapping[str, Any]] | None = None,
-        ordered: bool = True,
-        name: str | None = None,
-        engine: str | None = None,
-        resources: Mapping[str, Any] | None = None,
-        image: str | None = None,
-        cpus: float | None = None,
-        memory: str | int | None = None,
-        isolate: Isolate | None = None,
-        network: str | None = None,
-    ) -> Callable[[F], F]: ...
-    def __call__(  # type: ignore[misc]  # mypy cannot match the bare and the called form here
-        self,
-        fn: F | None = None,
-        /,
-        *,
-        n: int | None = None,
-        chunk_by: int | None = None,
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
-        on_error: OnError = "raise",
-        setup: Callable[[], Mapping[str, Any]] | None = None,
-        ordered: bool = True,
-        name: str | None = None,
-        engine: str | None = None,
-        resources: Mapping[str, Any] | None = None,
-        image: str | None = None,
-        cpus: float | None = None,
-        memory: str | int | None = None,
-        isolate: Isolate | None = None,
-        network: str | None = None,
+        self, fn: F | None = None, /, **options: Unpack[ParallelOptions]
     ) -> F | Callable[[F], F]:
         """Mark a function as a parallel step. Works bare (``@parallel``) or with options.
 
@@ -223,9 +216,12 @@ class _ParallelDecorator:
                 ``lambda: {"model": load_model()}``.
             ordered: keep input order (default) or emit results as chunks finish.
             name: the step's name (default: the function's name).
-            engine: run this step on a different engine than the rest of the run.
+            engine: run this step on a different engine than the rest of the run. With the
+                container options below, the engine that runs the containers: any engine that
+                does (one installed by entry point, too) may be named; without ``engine=`` it is
+                :data:`CONTAINER_ENGINE`, ``"docker"``.
             resources: engine-specific requests such as ``{"cpus": 1, "memory": "512m"}``.
-            image: run each task in a Docker container from this image (the ``docker``
+            image: run each task in a container from this image (by default on the ``docker``
                 engine, ``madhatter[docker]``); see docs/containers.md.
             cpus: CPUs per task (a container's limit; a Ray task's ``num_cpus``).
             memory: memory per task, bytes or ``"512m"`` (a container's hard limit).
@@ -233,27 +229,38 @@ class _ParallelDecorator:
                 or ``"task"`` (a fresh container per task).
             network: for containers: a Docker network to join (default: none at all).
         """
+        unknown = sorted(set(options) - ParallelOptions.__optional_keys__)
+        if unknown:
+            raise TypeError(f"@parallel got an unexpected keyword argument {unknown[0]!r}")
+        defaults = StepSpec()
+        n, chunk_by = options.get("n"), options.get("chunk_by")
+        retries, timeout = options.get("retries", defaults.retries), options.get("timeout")
+        on_error = options.get("on_error", defaults.on_error)
         _check_options(n, chunk_by, retries, timeout, on_error)
+        setup = options.get("setup")
         if setup is not None and not callable(setup):
             raise TypeError(f"setup must be a callable returning a mapping, not {setup!r}")
-        options = {
+        image, isolate, network = options.get("image"), options.get("isolate"), options.get("network")
+        cpus, memory = options.get("cpus"), options.get("memory")
+        in_container = bool(image or isolate or network)
+        changes = {
             "kind": self._kind,
             "n": n,
             "chunk_by": chunk_by,
             "retries": retries,
-            "retry_delay": float(retry_delay),
+            "retry_delay": float(options.get("retry_delay", defaults.retry_delay)),
             "timeout": timeout,
             "on_error": on_error,
             "setup": setup,
-            "ordered": ordered,
-            "name": name,
-            "engine": engine or ("docker" if image or isolate or network else None),
-            "resources": _resources(resources, image, cpus, memory, isolate, network),
+            "ordered": options.get("ordered", defaults.ordered),
+            "name": options.get("name"),
+            "engine": options.get("engine") or (CONTAINER_ENGINE if in_container else None),
+            "resources": _resources(options.get("resources"), image, cpus, memory, isolate, network),
         }
 
         def decorate(f: F) -> F:
             _check_kind(f, self._kind)
-            return _record(f, **options)
+            return _record(f, **changes)
 
         return decorate(fn) if fn is not None else decorate
 

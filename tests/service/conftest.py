@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from service_helpers import Workers, free_port
 
-from madhatter.service._store import Store, open_store
+from madhatter.service import Store, open_store
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from service_helpers import write_pipeline
 
+from madhatter.service import Registry, Store, open_store
 from madhatter.service._auth import CSRF_COOKIE, digest, setup_token
 from madhatter.service._records import SUCCEEDED, Outcome
-from madhatter.service._registry import Registry
-from madhatter.service._store import Store, open_store
 
 FORM = "/pipelines/counting/runs"
 JSON = {"content-type": "application/json"}
@@ -171,18 +170,20 @@ def _finish_as_a_worker(store: Store, run_id: str, result: bytes) -> None:
     lease = store.lease("test-worker")
     assert lease is not None
     assert lease.run.id == run_id
-    events = [
+    events = [  # as a worker stores them: Event.to_dict() with the store's run id
         {
             "type": "RunStarted",
+            "run_id": run_id,
             "at": 1.0,
             "pipeline": "counting",
             "engine": "serial",
             "workers": 1,
             "steps": ["numbers", "double", "total"],
         },
-        {"type": "StepStarted", "at": 1.0, "step": "double", "total": 4},
+        {"type": "StepStarted", "run_id": run_id, "at": 1.0, "step": "double", "total": 4},
         {
             "type": "ChunkDone",
+            "run_id": run_id,
             "at": 1.5,
             "step": "double",
             "chunk": 0,
@@ -194,13 +195,14 @@ def _finish_as_a_worker(store: Store, run_id: str, result: bytes) -> None:
         },
         {
             "type": "StepFinished",
+            "run_id": run_id,
             "at": 1.5,
             "step": "double",
             "items_in": 4,
             "items_out": 4,
             "seconds": 0.5,
         },
-        {"type": "RunFinished", "at": 2.0, "status": "succeeded", "seconds": 1.0},
+        {"type": "RunFinished", "run_id": run_id, "at": 2.0, "status": "succeeded", "seconds": 1.0},
     ]
     assert store.add_events(run_id, lease.token, events)
     assert store.finish(

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from service_helpers import write_pipeline
 
-from madhatter.service._registry import Registry
-from madhatter.service._store import open_store
+from madhatter.service import Registry, open_store
 
 pytestmark = pytest.mark.slow
 

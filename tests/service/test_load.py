@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from service_helpers import Workers, write_pipeline
 
+from madhatter.service import Store, open_store
 from madhatter.service._records import SUCCEEDED
-from madhatter.service._store import Store, open_store
 
 pytestmark = pytest.mark.slow
 

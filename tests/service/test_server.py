@@ -82,6 +82,18 @@ def test_one_command_serves_and_works_and_the_cli_talks_to_it(
     assert submitted_by.endswith(f"@{socket.gethostname()}")
 
 
+def test_the_with_worker_worker_runs_on_the_engine_options_given_to_serve(
+    tmp_path: pathlib.Path, servers: Callable[..., Server]
+) -> None:
+    pipeline = write_pipeline(tmp_path, "trivial", TRIVIAL)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    options = ["--engine", "processes", "--engine-option", "start_method=nonesuch"]
+    server = servers(str(pipeline), "--broker", broker, "--with-worker", *options)
+    done = cli("submit", "trivial", "--wait", url=server.url)
+    assert done.returncode == 1  # the engine got the option: it has no such start method
+    assert "cannot find context for 'nonesuch'" in done.stderr
+
+
 def test_a_server_with_a_token_refuses_clients_without_it(
     tmp_path: pathlib.Path, servers: Callable[..., Server]
 ) -> None:

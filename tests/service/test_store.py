@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from madhatter.service import Store, StoreError, open_store
 from madhatter.service._records import (
     CANCELLED,
     FAILED,
@@ -19,7 +20,6 @@ from madhatter.service._records import (
     Failure,
     Outcome,
 )
-from madhatter.service._store import Store, StoreError, open_store
 
 EXPIRED = -1.0
 """A lease length that makes a lease expired from the start: expiry without waiting for a clock."""

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from service_helpers import GATED, TRIVIAL, Workers, write_pipeline
 
+from madhatter.service import Store
 from madhatter.service._records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
-from madhatter.service._store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -2,10 +2,12 @@
 
 Each package may import only the layers below it, and the leaf modules every layer shares
 (``_errors``, ``_events``, ``_results``, ``_version``, ...). ``_steps`` (the decorators) is such a
-leaf: it imports nothing of madhatter's, and the graph is built from what it attaches. There is no exception list: the graph
-is plain data; engines see only ``Task``s, never a graph or the driver; the driver never imports
-the core that calls it; the core never imports the service; nothing outside ``cli`` imports
-``cli``. The public package and ``_pipeline`` import nothing private from an engine module.
+leaf: it imports nothing of madhatter's, and the graph is built from what it attaches.
+
+There is no exception list: the graph is plain data; engines see only ``Task``s, never a graph or
+the driver; the driver never imports the core that calls it; the core never imports the service;
+nothing outside ``cli`` imports ``cli``. The public package and ``_pipeline`` import nothing
+private from an engine module.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from madhatter import (
     postprocess,
     preprocess,
 )
-from madhatter._params import convert, parse_assignments, resolve
+from madhatter._params import convert, param_type, parse_assignments, parse_value, resolve
 from madhatter.graph import Param
 
 
@@ -86,6 +86,38 @@ def test_parse_assignments() -> None:
         parse_assignments(["novalue"])
     with pytest.raises(ParameterError, match="not '=3'"):
         parse_assignments(["=3"])
+    with pytest.raises(ParameterError, match=r"--engine-option takes name=value, not 'x'"):
+        parse_assignments(["x"], option="--engine-option")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3", 3),
+        ("-7", -7),
+        ("0.5", 0.5),
+        ("1e3", 1000.0),
+        ("true", True),
+        ("False", False),
+        ("512m", "512m"),
+        ("yes", "yes"),  # only true and false are booleans: other words are text
+        ("inf", "inf"),  # and so are the floats that are no numbers
+        ("nan", "nan"),
+        ("", ""),
+        ("tcp://host:8786", "tcp://host:8786"),
+    ],
+)
+def test_parse_value_is_what_the_text_looks_like(text: str, expected: Any) -> None:
+    value = parse_value(text)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_param_type_is_the_annotation_or_the_defaults_type() -> None:
+    assert param_type(param(int | None, None)) is int
+    assert param_type(param("float", 1.0)) is float
+    assert param_type(param(inspect.Parameter.empty, "x")) is str
+    assert param_type(param(inspect.Parameter.empty, None)) is None
 
 
 # -- parameters of a real pipeline -------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import madhatter
 from madhatter import depends, parallel, postprocess, preprocess
-from madhatter._steps import StepSpec, get_spec
+from madhatter._steps import CONTAINER_ENGINE, StepSpec, get_spec
 
 
 @preprocess
@@ -120,6 +120,42 @@ def test_resources_and_setup_are_recorded() -> None:
     assert spec.resources == (("cpus", 2), ("memory", "1g"))
     assert spec.setup is setup
     assert spec.engine == "threads"
+
+
+def test_container_options_pick_the_container_engine_unless_the_step_names_one() -> None:
+    @parallel.map(image="repo/ocr:1", cpus=1)
+    def default(x: int) -> int:
+        return x
+
+    @parallel.map(image="repo/ocr:1", isolate="task", engine="podman")
+    def named(x: int) -> int:
+        return x
+
+    @parallel.map(cpus=2)
+    def local(x: int) -> int:
+        return x
+
+    assert get_spec(default) == StepSpec(
+        kind="map", engine=CONTAINER_ENGINE, resources=(("cpus", 1), ("image", "repo/ocr:1"))
+    )
+    assert CONTAINER_ENGINE == "docker"
+    named_spec = get_spec(named)
+    assert named_spec is not None
+    assert named_spec.engine == "podman"  # a third-party container engine serves image= too
+    assert named_spec.resources == (("image", "repo/ocr:1"), ("isolate", "task"))
+    local_spec = get_spec(local)
+    assert local_spec is not None
+    assert (local_spec.engine, local_spec.resources) == (None, (("cpus", 2),))
+
+
+def test_parallel_options_default_as_the_spec_and_unknown_ones_are_refused() -> None:
+    @parallel(n=2)
+    def f(chunk: list[int]) -> list[int]:
+        return chunk
+
+    assert get_spec(f) == StepSpec(kind="chunks", n=2)
+    with pytest.raises(TypeError, match="@parallel got an unexpected keyword argument 'chunks_by'"):
+        parallel(chunks_by=3)  # type: ignore[call-overload]
 
 
 def test_plain_functions_have_no_spec() -> None:

@@ -7,16 +7,15 @@ import sys
 from typing import Any
 
 from .._pipeline import Pipeline
-from ..graph._render import RENDERERS, render, render_text
+from ..graph import RENDERERS, render, render_text
+from ._arguments import add_pipeline_command
+
+HELP = "show a pipeline's steps and how they connect"
+DESCRIPTION = "Print a pipeline's DAG as text (default), DOT, Mermaid or SVG."
 
 
 def add_graph_command(commands: Any) -> None:
-    parser = commands.add_parser(
-        "graph",
-        help="show a pipeline's steps and how they connect",
-        description="Print a pipeline's DAG as text (default), DOT, Mermaid or SVG.",
-    )
-    parser.add_argument("target", metavar="FILE_OR_MODULE", help="a .py file or a module name")
+    parser = add_pipeline_command(commands, "graph", help=HELP, description=DESCRIPTION)
     parser.add_argument(
         "--format", "-f", default="text", choices=sorted(RENDERERS), help="output format"
     )

@@ -11,34 +11,30 @@ from typing import IO, Any
 
 from .._events import Listener
 from .._params import parse_assignments
-from .._pipeline import DEFAULT_ENGINE, Pipeline
-from ..engines import engine_names
+from .._pipeline import Pipeline
+from ._arguments import add_engine_arguments, add_pipeline_command, engine_options
 from ._progress import EventsWriter, ProgressBars, ProgressLines
 
+HELP = "run a pipeline and print its result"
+DESCRIPTION = "Run the pipeline defined in a Python file or module and print its result."
 SKIPPED_SHOWN = 5
+"""Skipped items listed on stderr after a run (the rest are counted)."""
 
 
 def add_run_command(commands: Any) -> None:
-    parser = commands.add_parser(
-        "run",
-        help="run a pipeline and print its result",
-        description="Run the pipeline defined in a Python file or module and print its result.",
-    )
-    parser.add_argument("target", metavar="FILE_OR_MODULE", help="a .py file or a module name")
-    parser.add_argument(
-        "--engine",
-        default=DEFAULT_ENGINE,
-        help=f"where tasks run: {', '.join(engine_names())} (default: {DEFAULT_ENGINE})",
-    )
+    parser = add_pipeline_command(commands, "run", help=HELP, description=DESCRIPTION)
+    add_engine_arguments(parser)
     parser.add_argument("--workers", type=int, help="the engine's pool size (default: per engine)")
     parser.add_argument(
         "--address",
         metavar="URL",
-        help="a cluster to run on, for cluster engines (e.g. tcp://scheduler:8786 for dask)",
+        help="a cluster to run on, for cluster engines (e.g. tcp://scheduler:8786 for dask); "
+        "short for --engine-option address=URL",
     )
     parser.add_argument(
         "--image",
-        help="the container image for every parallel step, for the docker engine",
+        help="the container image for every parallel step, for the docker engine; "
+        "short for --engine-option image=IMAGE",
     )
     parser.add_argument(
         "--param",
@@ -61,7 +57,7 @@ def add_run_command(commands: Any) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_module(args.target)
-    params = parse_assignments(args.param)
+    params, options = parse_assignments(args.param), engine_options(args)
     with contextlib.ExitStack() as stack:
         listeners: list[Listener] = []
         if not args.quiet:
@@ -76,8 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
             params=params,
             listeners=listeners,
             inline=args.inline,
-            **({"address": args.address} if args.address else {}),
-            **({"image": args.image} if args.image else {}),
+            **options,
         )
     for item in report.skipped[:SKIPPED_SHOWN]:
         print(f"skipped in step {item.step} (chunk {item.chunk}): {item.error}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """``madhatter serve``, ``worker``, ``submit``, ``runs`` and ``status``: the service from a terminal.
 
-Only argument parsing and printing live here; the service itself is ``madhatter.service``, imported
-when one of these commands runs, so ``import madhatter`` and ``madhatter run`` never load the web
-libraries. ``submit``, ``runs`` and ``status`` use the standard library only.
+Only argument parsing and printing live here; the service itself is ``madhatter.service``, whose
+public face these commands call. It is imported when one of them runs, so ``import madhatter`` and
+``madhatter run`` never load it; importing it loads no web library either (``serve`` does, when it
+starts), so ``submit``, ``runs`` and ``status`` use the standard library only.
 """
 
 from __future__ import annotations
@@ -10,23 +11,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from typing import Any
 
 from .._params import parse_assignments
-from .._pipeline import DEFAULT_ENGINE
-from ..engines import engine_names
+from ._arguments import add_engine_arguments, engine_options
 from ._run import print_result
 
-PARENT_POLL_SECONDS = 0.5
-PARENT_ENV = "MADHATTER_PARENT_PID"
-"""Set for the worker that ``serve --with-worker`` starts: the worker stops when serve does."""
 BROKER_HELP = "the run store: sqlite:///FILE (default sqlite:///madhatter.db) or redis://HOST:PORT/DB"
 
 
@@ -49,7 +41,7 @@ def add_service_commands(commands: Any) -> None:
         action="store_true",
         help="also start one worker process on the same store (a first look on one machine)",
     )
-    serve.add_argument("--engine", default=DEFAULT_ENGINE, help="the --with-worker worker's engine")
+    add_engine_arguments(serve, whose="the --with-worker worker's engine: ")
     serve.set_defaults(handler=serve_command)
 
     worker = commands.add_parser(
@@ -61,13 +53,13 @@ def add_service_commands(commands: Any) -> None:
     worker.add_argument("targets", nargs="*", metavar="PIPELINE", help="[NAME=]FILE_OR_MODULE to run")
     worker.add_argument("--broker", metavar="URL", help=BROKER_HELP)
     worker.add_argument("--concurrency", type=int, default=1, help="runs executed at once (default 1)")
-    worker.add_argument(
-        "--engine",
-        default=DEFAULT_ENGINE,
-        help=f"{', '.join(engine_names())} (default {DEFAULT_ENGINE})",
-    )
+    add_engine_arguments(worker)
     worker.add_argument("--workers", type=int, help="each run's engine pool size")
-    worker.add_argument("--address", metavar="URL", help="the cluster, for cluster engines")
+    worker.add_argument(
+        "--address",
+        metavar="URL",
+        help="the cluster, for cluster engines; short for --engine-option address=URL",
+    )
     worker.add_argument(
         "--lease", type=float, default=30.0, metavar="SECONDS", help="lease length (default 30)"
     )
@@ -104,76 +96,28 @@ def add_service_commands(commands: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from ..service._auth import setup_token
-    from ..service._extras import require_web
-    from ..service._registry import PIPELINES_META, Registry
-    from ..service._store import open_store
+    from ..service import serve
 
-    uvicorn = require_web("uvicorn")
-    from ..service._app import create_app
-
-    registry = Registry.load(args.targets)
-    store = open_store(args.broker)
-    store.set_meta(PIPELINES_META, json.dumps(registry.targets))
-    digest, new_token = setup_token(store, args.host, args.token or os.environ.get("MADHATTER_TOKEN"))
-    if new_token:
-        print(f"madhatter: generated this server's token (shown once): {new_token}", file=sys.stderr)
-    worker = None
-    if args.with_worker:
-        command = [
-            sys.executable,
-            "-m",
-            "madhatter",
-            "worker",
-            "--broker",
-            store.url,
-            "--engine",
-            args.engine,
-        ]
-        # uvicorn re-raises SIGTERM once it has stopped, which ends this process before any
-        # `finally` of ours: the worker must stop with us by itself (see worker_command)
-        worker = subprocess.Popen(command, env={**os.environ, PARENT_ENV: str(os.getpid())})
-    print(
-        f"madhatter: serving {', '.join(registry.names()) or 'no pipelines'} on "
-        f"http://{args.host}:{args.port} (store {store.url})",
-        file=sys.stderr,
+    serve(
+        args.targets,
+        broker=args.broker,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        with_worker=args.with_worker,
+        engine=args.engine,
+        engine_options=engine_options(args),
     )
-    try:
-        app = create_app(store, registry, token_digest=digest)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait()
-        store.close()
     return 0
 
 
-def _stop_with_parent(parent: int) -> None:
-    """Send ourselves SIGTERM (a graceful stop: the run in hand goes back to the queue) once
-    the process that started us is gone, however it ended."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def worker_command(args: argparse.Namespace) -> int:
-    parent = os.environ.pop(PARENT_ENV, None)
-    if parent is not None:  # started by `serve --with-worker`: stop (gracefully) when it does
-        if os.getppid() != int(parent):
-            return 0  # it is gone already
-        threading.Thread(target=_stop_with_parent, args=(int(parent),), daemon=True).start()
-    from ..service._registry import PIPELINES_META, Registry
-    from ..service._store import open_store
-    from ..service._worker import Worker
+    from ..service import Registry, Worker, open_store, recorded_targets, store_url, work
 
-    store = open_store(args.broker)
-    targets = args.targets
+    url, targets = store_url(args.broker), args.targets
     if not targets:
-        recorded = store.get_meta(PIPELINES_META)
-        targets = json.loads(recorded) if recorded else []
-    url = store.url
-    store.close()
+        with open_store(url) as store:
+            targets = recorded_targets(store)
     if not targets:
         print(
             "madhatter: no pipelines: give PIPELINE files or modules, or start `madhatter serve "
@@ -181,33 +125,23 @@ def worker_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    registry = Registry.load(targets)
     worker = Worker(
         url,
-        registry,
+        Registry.load(targets),
         name=args.name,
         concurrency=args.concurrency,
         engine=args.engine,
         workers=args.workers,
-        engine_options={"address": args.address} if args.address else None,
+        engine_options=engine_options(args),
         lease_seconds=args.lease,
         poll_seconds=args.poll,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    print(
-        f"madhatter: worker {worker.name} running {', '.join(registry.names())} on {args.engine} "
-        f"(store {url})",
-        file=sys.stderr,
-        flush=True,
-    )
-    worker.serve(stop)
+    work(worker)
     return 0
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from ..service._client import Client
+    from ..service import Client
 
     return Client(args.url, args.token)
 

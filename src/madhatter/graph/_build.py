@@ -115,23 +115,7 @@ def specs_of(fn: Callable[..., Any]) -> StepSpec:
 
 def _make_step(name: str, fn: Callable[..., Any], spec: StepSpec, upstreams: tuple[str, ...]) -> Step:
     kind = spec.kind or ("whole" if upstreams else "source")
-    step = Step(
-        name=name,
-        func=fn,
-        kind=kind,
-        upstreams=upstreams,
-        n=spec.n,
-        chunk_by=spec.chunk_by,
-        retries=spec.retries,
-        retry_delay=spec.retry_delay,
-        timeout=spec.timeout,
-        on_error=spec.on_error,
-        setup=spec.setup,
-        ordered=spec.ordered,
-        stream=spec.stream,
-        engine=spec.engine,
-        resources=spec.resources,
-    )
+    step = Step.from_spec(spec, name=name, func=fn, kind=kind, upstreams=upstreams)
     check_arity(step)  # before the signature: "add @depends" beats "takes 0 arguments"
     try:
         signature = inspect.signature(fn)

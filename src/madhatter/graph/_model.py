@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._steps import PARALLEL_KINDS, OnError, StepKind
+from .._steps import PARALLEL_KINDS, StepKind, StepSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,26 +24,31 @@ class Param:
     steps: tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
-class Step:
-    """One step of a pipeline (see :class:`madhatter._steps.StepSpec` for the option meanings)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Step(StepSpec):
+    """One step of a pipeline: the decorators' :class:`~madhatter._steps.StepSpec` (its options,
+    defined there once) with what building the graph settled: the step's name, its function, its
+    kind and its upstreams by name, and which run parameters it takes."""
 
     name: str
     func: Callable[..., Any]
     kind: StepKind
     upstreams: tuple[str, ...] = ()
-    n: int | None = None
-    chunk_by: int | None = None
-    retries: int = 0
-    retry_delay: float = 0.0
-    timeout: float | None = None
-    on_error: OnError = "raise"
-    setup: Callable[[], Mapping[str, Any]] | None = None
-    ordered: bool = True
-    stream: bool = False
-    engine: str | None = None
-    resources: tuple[tuple[str, Any], ...] = ()
     param_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: StepSpec,
+        *,
+        name: str,
+        func: Callable[..., Any],
+        kind: StepKind,
+        upstreams: tuple[str, ...],
+    ) -> Step:
+        """The step that ``spec`` describes, with its name, function, kind and upstreams settled."""
+        options = {field.name: getattr(spec, field.name) for field in dataclasses.fields(StepSpec)}
+        return cls(**{**options, "name": name, "func": func, "kind": kind, "upstreams": upstreams})
 
     @property
     def is_parallel(self) -> bool:

@@ -14,9 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from ..graph._render import render_svg
+from ..graph import render_svg
 from ._extras import require_web
-from ._progress import RunProgress
+from ._progress import RunView
 from ._records import RunRecord
 from ._registry import Registry
 from ._store import Store
@@ -292,9 +292,9 @@ async def _stream(store: Store, record: RunRecord, cursor: int, request: Request
         await anyio.sleep(STREAM_POLL_SECONDS)
 
 
-async def _fold(store: Store, run_id: str, attempt: int, cursor: int) -> RunProgress:
+async def _fold(store: Store, run_id: str, attempt: int, cursor: int) -> RunView:
     """The progress of ``attempt`` from the run's events up to ``cursor`` (those already sent)."""
-    progress = RunProgress(attempt)
+    progress = RunView(attempt)
     if cursor:
         events = await run_in_threadpool(store.events, run_id)
         progress.add_all(event for seq, event in events if seq <= cursor)

@@ -13,12 +13,12 @@ import time
 from typing import Annotated, Any
 
 from .._version import __version__
-from ..graph._render import render_svg
+from ..graph import render_svg
 from . import _auth
 from ._api import Service, StatusName
 from ._charts import timeline_svg
 from ._extras import require_web
-from ._progress import RunProgress
+from ._progress import RunView
 from ._records import STATUSES
 from ._registry import InvalidParams
 
@@ -112,16 +112,16 @@ def pages_router(service: Service, *, token_digest: str | None) -> APIRouter:
     @router.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         record = service.found(run_id)
-        progress = RunProgress(record.attempt).add_all(e for _, e in service.store.events(run_id))
+        view = RunView(record.attempt).add_all(e for _, e in service.store.events(run_id))
         now = time.time()
         return page(
             request,
             "run.html",
             run=record,
-            steps=progress.snapshot(now),
-            logs=progress.logs,
-            engine=progress.engine,
-            timeline=timeline_svg(progress.tasks),
+            steps=view.snapshot(now),
+            logs=view.logs,
+            engine=view.engine,
+            timeline=timeline_svg(view.bars),
         )
 
     @router.post("/runs/{run_id}/cancel")

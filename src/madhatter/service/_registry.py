@@ -17,10 +17,11 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import _params
 from .._errors import MadhatterError, ParameterError
+from .._params import convert, param_type
 from .._pipeline import Pipeline
 from ..graph import Param
+from ._store import Store
 
 PIPELINES_META = "pipelines"
 """The store setting where ``serve`` records its targets, so ``worker`` can load the same ones."""
@@ -65,7 +66,7 @@ class ParamInfo:
 
 
 def _type_name(param: Param) -> str:
-    kind = _params._simple_type(param)
+    kind = param_type(param)
     if kind is pathlib.Path:
         return "path"
     return kind.__name__ if kind in (int, float, bool, str) else "str"
@@ -108,6 +109,11 @@ class Registry:
             recorded.append(f"{pipeline.name}={where}")
         return cls(pipelines, recorded)
 
+    def record(self, store: Store) -> None:
+        """Record the targets in ``store``, for workers started without any to load the same
+        pipelines (:func:`recorded_targets`)."""
+        store.set_meta(PIPELINES_META, json.dumps(self.targets))
+
     def names(self) -> list[str]:
         return sorted(self._pipelines)
 
@@ -145,11 +151,18 @@ class Registry:
         return values
 
 
+def recorded_targets(store: Store) -> list[str]:
+    """The targets that :meth:`Registry.record` recorded in ``store`` (none if nothing did)."""
+    recorded = store.get_meta(PIPELINES_META)
+    targets: list[str] = json.loads(recorded) if recorded else []
+    return targets
+
+
 def _check(param: Param, value: Any) -> Any:
     """``value`` converted to ``param``'s type, as a JSON value; ParameterError if it is not one."""
-    kind = _params._simple_type(param)
+    kind = param_type(param)
     if isinstance(value, str):
-        converted = _params.convert(param, value)
+        converted = convert(param, value)
         return str(converted) if isinstance(converted, pathlib.PurePath) else converted
     if value is None:
         if param.default is None:

@@ -1,5 +1,8 @@
 """The store: run records, the queue of runs, leases, events and results, behind one interface.
 
+This module is the interface only; the back ends (``_sqlite``, ``_redis``) implement it, and
+``_stores`` opens one by URL.
+
 The web app writes runs and reads them; workers lease, heartbeat, append events and finish. They
 share nothing else, so a store URL is all it takes to put them on different machines (Redis) or
 in different processes on one (SQLite).
@@ -20,24 +23,16 @@ from __future__ import annotations
 
 import abc
 import json
-import os
 import time
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import MadhatterError
 from ._records import Lease, Outcome, RunRecord
 
 DEFAULT_LEASE_SECONDS = 30.0
 """How long a lease lasts without a heartbeat; workers beat three times per lease."""
 DEFAULT_MAX_LOST = 3
 """Expired leases after which a run is failed rather than re-queued (a run that kills workers)."""
-DEFAULT_BROKER = "sqlite:///madhatter.db"
-
-
-class StoreError(MadhatterError):
-    """A store URL is malformed or names a scheme no back end handles."""
 
 
 class Store(abc.ABC):
@@ -124,25 +119,6 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(url: str | None = None, *, max_lost: int = DEFAULT_MAX_LOST) -> Store:
-    """The store at ``url``: ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``redis://host:port/db``. Defaults to ``$MADHATTER_BROKER``, else :data:`DEFAULT_BROKER`."""
-    url = url or os.environ.get("MADHATTER_BROKER") or DEFAULT_BROKER
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme == "sqlite":
-        from ._sqlite import SQLiteStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/")
-        if not path:
-            raise StoreError(f"store URL {url!r} names no file (e.g. sqlite:///madhatter.db)")
-        return SQLiteStore(path, url=url, max_lost=max_lost)
-    if scheme in ("redis", "rediss", "unix"):
-        from ._redis import RedisStore
-
-        return RedisStore(url, max_lost=max_lost)
-    raise StoreError(f"unknown store URL {url!r}: use sqlite:///FILE or redis://HOST:PORT/DB")
 
 
 def dumps(value: Any) -> str:

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import RunCancelled, RunError, StepFailed
+from .._errors import RunCancelled, RunError, StepFailed, first_line
 from .._events import ChunkDone, Event, RunFinished, StepFinished
 from .._pipeline import DEFAULT_ENGINE
 from . import _results
@@ -42,7 +42,8 @@ from ._records import (
     RunRecord,
 )
 from ._registry import Registry
-from ._store import DEFAULT_LEASE_SECONDS, Store, open_store
+from ._store import DEFAULT_LEASE_SECONDS, Store
+from ._stores import open_store
 
 logger = logging.getLogger("madhatter.service")
 
@@ -243,20 +244,20 @@ class Worker:
             return Outcome(CANCELLED, Failure("RunCancelled", "cancelled on request"), items=sink.items)
         except StepFailed as exc:
             failure = Failure(
-                type(exc).__name__, _first_line(exc), exc.step, exc.chunk, exc.remote_traceback
+                type(exc).__name__, first_line(exc), exc.step, exc.chunk, exc.remote_traceback
             )
             return Outcome(FAILED, failure, items=sink.items)
         except Exception as exc:
             step, chunk = getattr(exc, "step", None), getattr(exc, "chunk", None)
             text = None if isinstance(exc, RunError) else traceback.format_exc()
-            failure = Failure(type(exc).__name__, _first_line(exc), step, chunk, text)
+            failure = Failure(type(exc).__name__, first_line(exc), step, chunk, text)
             return Outcome(FAILED, failure, items=sink.items)
         if report.skipped:
             sink.log(f"{len(report.skipped)} item(s) failed and were skipped (see ItemSkipped events)")
         try:
             kind, data = _results.encode(report.result)
         except Exception as exc:  # e.g. a result holding a lock or an open file
-            message = f"the result cannot be stored: {type(exc).__name__}: {_first_line(exc)}"
+            message = f"the result cannot be stored: {type(exc).__name__}: {first_line(exc)}"
             return Outcome(FAILED, Failure("ResultError", message), items=sink.items)
         return Outcome(SUCCEEDED, None, kind, data, _results.preview(report.result), sink.items)
 
@@ -283,8 +284,3 @@ class Worker:
                         run.cancel.set()
         finally:
             store.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
