@@ -131,3 +131,11 @@ def test_available_engines_include_the_stdlib_ones() -> None:
     available = madhatter.testing.available_engines()
     assert {"serial", "threads", "processes"} <= set(available)
     assert set(available) <= set(madhatter.engines.engine_names())
+
+
+def test_an_engine_option_the_engine_does_not_take_names_its_options() -> None:
+    with pytest.raises(
+        madhatter.EngineError,
+        match=r"'threads' engine has no option 'colour' \(its options: none but workers\)",
+    ):
+        madhatter.engines.get_engine("threads", colour="red")

@@ -12,10 +12,10 @@ import argparse
 import inspect
 from typing import Any
 
-from .._errors import ParameterError
+from .._errors import EngineError, ParameterError
 from .._params import parse_assignments, parse_value
 from .._pipeline import DEFAULT_ENGINE, Pipeline
-from ..engines import engine_class, engine_names
+from ..engines import check_options, engine_names
 
 SHORTHANDS = ("address", "image")
 """Engine options that have their own flag (``--address``, ``--image``) on some commands."""
@@ -60,21 +60,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value:
             options[name] = value
-    _check_taken_by(args.engine, options)
+    try:
+        check_options(args.engine, options)
+    except EngineError as exc:  # a usage error here: exit 2, like a bad --param
+        raise ParameterError(str(exc)) from None
     return options
-
-
-def _check_taken_by(engine: str, options: dict[str, Any]) -> None:
-    """ParameterError naming the engine's options if it takes no option of one of these names."""
-    if not options:
-        return
-    parameters = inspect.signature(engine_class(engine)).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return
-    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        names = ", ".join(n for n in known if n != "workers") or "none but --workers"
-        raise ParameterError(
-            f"the {engine!r} engine has no option {unknown[0]!r} (its options: {names})"
-        )

@@ -14,7 +14,14 @@ package. Third-party engines join by the ``madhatter.engines`` entry-point group
 """
 
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
-from ._registry import engine_class, engine_names, get_engine, register_engine, require_extra
+from ._registry import (
+    check_options,
+    engine_class,
+    engine_names,
+    get_engine,
+    register_engine,
+    require_extra,
+)
 
 __all__ = [
     "Engine",
@@ -24,6 +31,7 @@ __all__ = [
     "TaskLost",
     "TaskResult",
     "TaskTimedOut",
+    "check_options",
     "engine_class",
     "engine_names",
     "get_engine",

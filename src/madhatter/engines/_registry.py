@@ -18,10 +18,12 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import inspect
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from .._errors import MissingExtraError, UnknownEngineError
+from .._errors import EngineError, MissingExtraError, UnknownEngineError
 from ._base import Engine
 
 ENTRY_POINT_GROUP = "madhatter.engines"
@@ -72,8 +74,25 @@ def engine_class(name: str) -> type[Engine]:
 
 
 def get_engine(name: str, **options: Any) -> Engine:
-    """Create the engine known as ``name`` with the given options."""
+    """Create the engine known as ``name`` with the given options (checked first, so a typo is
+    an error naming the engine's options, not a ``TypeError`` from its constructor)."""
+    check_options(name, options)
     return engine_class(name)(**options)
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`~madhatter.EngineError` if the engine known as ``name`` takes no option of
+    one of these names (an engine whose constructor takes ``**options`` takes any)."""
+    if not options:
+        return
+    parameters = inspect.signature(engine_class(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        names = ", ".join(n for n in known if n != "workers") or "none but workers"
+        raise EngineError(f"the {name!r} engine has no option {unknown[0]!r} (its options: {names})")
 
 
 def require_extra(module: str, *, extra: str, needed_by: str | None = None) -> ModuleType:
