@@ -1,18 +1,37 @@
 """Helpers for testing pipelines and engines (public, for users and for engine authors).
 
-``RecordingListener`` keeps every event of a run; ``available_engines()`` lists the engines that
-can run here, so one test can be parametrised over all of them.
+* ``RecordingListener`` keeps every event of a run;
+* ``available_engines()`` lists the engines that can run here, so one test can be parametrised
+  over all of them;
+* ``EngineConformance`` is the engine conformance suite: a pytest test class an engine author
+  subclasses in their own tests (it needs pytest, so it is imported on first use: the rest of
+  this package, which the suite's workers import, does not);
+* ``FakeClusterEngine`` is a cluster engine in one file, built from the engine contract and its
+  kit alone, that passes the suite: the worked example of docs/engines.md.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
 from .._errors import MissingExtraError
 from .._events import Event
 from ..engines import engine_class, engine_names
+from ._fake import FakeClusterEngine
 
-__all__ = ["RecordingListener", "available_engines"]
+if TYPE_CHECKING:
+    from ._conformance import EngineConformance
+
+__all__ = ["EngineConformance", "FakeClusterEngine", "RecordingListener", "available_engines"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EngineConformance":
+        from ._conformance import EngineConformance
+
+        return EngineConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class RecordingListener:
