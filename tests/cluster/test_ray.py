@@ -1,13 +1,15 @@
 """The ray engine against a real Ray: a head node started with Ray's own CLI as a separate process
-group, as a user's cluster would be, and local Rays the engine starts itself.
+group, as a user's cluster would be. (Local Rays the engine starts itself: test_ray_local.py.)
 
 Everything listens on 127.0.0.1 only: the head node runs in Ray's single-machine mode
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which keeps a 127.0.0.1 node address; on Linux Ray
-otherwise swaps it for the machine's outward IP and listens on every interface), and the engine
-does the same for the Rays it starts, which a test checks. Ray's token authentication is turned
-off for the module (``RAY_AUTH_MODE=disabled``): the driver reads that setting when ray is
-imported, long before a fixture could hand it a token, and a loopback-only cluster that lives for
-one module does not need one.
+otherwise swaps it for the machine's outward IP and listens there), as the engine's own local Rays
+do. The driver's Ray swaps ``127.0.0.1`` in an address it connects to just the same, so the tests
+give the cluster's address as ``[::ffff:127.0.0.1]:port``, a spelling of 127.0.0.1 it leaves alone
+(``ray_engine.LOOPBACK``). Ray's token authentication is turned off for the module
+(``RAY_AUTH_MODE=disabled``): the driver reads that setting when ray is imported, long before a
+fixture could hand it a token, and a loopback-only cluster that lives for one module does not need
+one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import pathlib
-import re
 import shutil
 import signal
 import socket
@@ -34,11 +35,10 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 import madhatter  # noqa: E402
 from madhatter import Pipeline, depends, parallel, postprocess, preprocess  # noqa: E402
-from madhatter.engines import Task, TaskLost, TaskResult, TaskTimedOut  # noqa: E402
+from madhatter.engines import Task, TaskLost, TaskResult, TaskTimedOut, _kit  # noqa: E402
 from madhatter.engines import ray as ray_engine  # noqa: E402
 from madhatter.engines._base import Remote  # noqa: E402
 from madhatter.engines.ray import RayEngine  # noqa: E402
-from madhatter.events import ChunkDone, Event  # noqa: E402
 
 # The workers cannot import this test module: ship its functions by value, as a user would for a
 # script the workers do not have (``madhatter run FILE`` does this for the file it runs).
@@ -46,7 +46,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 START_SECONDS = 60
-RAY_PACKAGE = os.path.dirname(ray.__file__)
 
 
 # -- the cluster -----------------------------------------------------------------------------
@@ -83,7 +82,7 @@ class RayCluster:
             )  # fmt: skip
         self.session = self.process.pid  # every process of the cluster stays in this session
         try:
-            self.address = f"127.0.0.1:{self._wait_for_port()}"
+            self.address = f"[{ray_engine.LOOPBACK}]:{self._wait_for_port()}"
         except BaseException:
             self.stop()
             raise
@@ -170,33 +169,6 @@ def _in_session(session: int) -> list[int]:
     return [pid for pid in _pids() if (stat := _stat(pid)) is not None and stat[1] == session]
 
 
-def _is_ray(pid: int) -> bool:
-    text = _cmdline(pid)
-    return "ray::" in text or "raylet" in text or "gcs_server" in text or RAY_PACKAGE in text
-
-
-def _ray_started_here(not_under: int) -> set[int]:
-    """Live Ray processes (GCS, raylet, workers, agents) descending from this test process, but
-    not from ``not_under`` (the module's cluster, which this process started too). Other Rays on
-    the machine do not count.
-
-    Zombies are left out: they have exited (in a container whose init does not reap orphans they
-    stay in the process table once the raylet, their parent, has gone).
-    """
-    table = {pid: stat for pid in _pids() if (stat := _stat(pid)) is not None}
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found: set[int] = set()
-    stack = [os.getpid()]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child != not_under:
-                found.add(child)
-                stack.append(child)
-    return {pid for pid in found if table[pid][2] != "Z" and _is_ray(pid)}
-
-
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     try:
@@ -244,39 +216,6 @@ def _is_loopback(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1, an IPv6 socket reachable only through 127.0.0.1
     return ip.is_loopback
-
-
-def _comm(pid: int) -> str:
-    try:
-        return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0") if entry)
-    return {name: value for name, _, value in pairs}
-
-
-def _holds(pid: int, folders: set[str]) -> bool:
-    """Whether a process has a file open under one of ``folders`` (a Ray session's logs)."""
-    try:
-        targets = [os.readlink(fd) for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir()]
-    except OSError:
-        return False
-    return any(target.startswith(folder) for target in targets for folder in folders)
 
 
 def _alive(pid: int) -> bool:
@@ -431,7 +370,7 @@ def fail_twice(argument: tuple[str]) -> int:
 
 
 def test_ray_retries_a_failing_task_itself(engine: RayEngine, tmp_path: pathlib.Path) -> None:
-    assert RayEngine.handles_retries
+    assert RayEngine.traits.retries
     enough = engine.submit(Task("t/r/0/0", fail_twice, "t/r", (str(tmp_path / "a"),), retries=2))
     assert enough.result(timeout=60).value == 3
 
@@ -508,7 +447,7 @@ def test_shutdown_cancels_running_tasks_and_returns_once_they_are_stopped(
 def test_a_node_with_another_madhatter_is_refused(
     ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ray_engine, "_runtime", lambda: ("0.0.0", "2.7"))  # the driver's side
+    monkeypatch.setattr(_kit, "worker_runtime", lambda: ("0.0.0", "2.7"))  # the driver's side
     with pytest.raises(
         madhatter.EngineError,
         match=r"Ray node 127\.0\.0\.1 .* runs madhatter .* but this driver runs madhatter 0\.0\.0 on "
@@ -518,14 +457,33 @@ def test_a_node_with_another_madhatter_is_refused(
     assert not ray.is_initialized()
 
 
-def test_a_ray_already_initialised_is_used_and_left_alone(ray_cluster: RayCluster) -> None:
-    first = RayEngine(address=ray_cluster.address)  # initialises Ray in this process
+def test_a_ray_the_user_initialised_is_used_and_left_alone(
+    ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)  # ray.init sets it: undone after the test
+    ray.init(address=ray_cluster.address, logging_level="WARNING")
     try:
-        second = RayEngine()  # no address: it would start a local Ray, but one is there
+        engine = RayEngine()  # no address: it would start a local Ray, but one is there
+        task = Task("t/u/0/0", pid_after_a_while, "t/u", (0,))
+        assert engine.submit(task).result(timeout=60).worker.startswith("127.0.0.1/pid-")
+        engine.shutdown(cancel_pending=False)
+        assert ray.is_initialized()  # not its Ray to stop
+    finally:
+        ray.shutdown()
+
+
+def test_engines_alive_at_once_share_the_connection_and_the_last_one_closes_it(
+    ray_cluster: RayCluster,
+) -> None:
+    first = RayEngine(address=ray_cluster.address)  # connects this process to Ray
+    try:
+        second = RayEngine()  # no address: it joins the connection there is
         task = Task("t/i/0/0", pid_after_a_while, "t/i", (0,))
         assert second.submit(task).result(timeout=60).worker.startswith("127.0.0.1/pid-")
+        with pytest.raises(madhatter.EngineError, match="one cluster at a time"):
+            RayEngine(address="127.0.0.1:9")  # another cluster, while this one is in use
         second.shutdown(cancel_pending=False)
-        assert ray.is_initialized()  # not its Ray to stop
+        assert ray.is_initialized()  # the first engine still uses it
         assert first.submit(task).result(timeout=60).value > 0
     finally:
         first.shutdown(cancel_pending=False)
@@ -563,57 +521,6 @@ def test_a_task_no_node_of_a_local_ray_can_run_is_refused() -> None:
         ray_engine._check_feasible({"num_gpus": 1}, capacity)
     with pytest.raises(madhatter.EngineError, match="asks for 3 CPU"):
         ray_engine._check_feasible({"num_cpus": 3}, capacity)
-
-
-def test_a_local_ray_listens_on_loopback_only_and_is_gone_after_the_run(
-    ray_cluster: RayCluster, wait_until: Callable[..., bool]
-) -> None:
-    """``address=None``: a Ray for the run. While it runs, every socket its processes (and the
-    driver's own Ray code) listen on is on 127.0.0.1; after the run, none of them is left."""
-    cluster = ray_cluster.process.pid
-    assert not _ray_started_here(cluster)
-    driver_sockets = _socket_inodes(os.getpid())
-    seen: dict[str, Any] = {}
-
-    def look(event: Event) -> None:
-        if isinstance(event, ChunkDone) and not seen:
-            processes = _ray_started_here(cluster)
-            seen["pids"] = processes
-            seen["names"] = {pid: _comm(pid) for pid in processes}
-            seen["environments"] = [(_cmdline(pid), _environ(pid)) for pid in processes]
-            seen["sockets"] = _bound_sockets({*processes, os.getpid()}, driver_sockets)
-
-    pipeline = Pipeline([numbers, squares, odd, combined])
-    result = pipeline.run(engine="ray", workers=2, inline=False, listeners=[look])
-    assert result == pipeline.run(engine="serial")
-
-    assert {"raylet", "gcs_server"} <= set(seen["names"].values()), seen["names"]
-    assert seen["sockets"], "no Ray socket found"
-    exposed = [(pid, address) for pid, address in seen["sockets"] if not _is_loopback(address)]
-    assert not exposed, f"Ray listens beyond loopback: {exposed}"
-    # Nothing it runs looks up an outward address; its dashboard process, which probes cloud
-    # metadata services at start-up, has a proxy that sends such requests nowhere. (Processes
-    # that retitle themselves "ray::..." overwrite the memory /proc shows as their environment;
-    # the raylet starts them with its own.)
-    checked = [(c, env) for c, env in seen["environments"] if not c.startswith("ray::")]
-    assert any("dashboard/dashboard.py" in cmdline for cmdline, _ in checked)
-    assert any("raylet" in cmdline for cmdline, _ in checked)
-    for cmdline, environ in checked:
-        assert environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0", cmdline
-        if "dashboard/dashboard.py" in cmdline:
-            assert environ.get("HTTPS_PROXY") == "http://127.0.0.1:9", cmdline
-
-    sessions = {m[0] for c, _ in checked if (m := re.search(r"/\S*?/session_[^/\s]+", c))}
-    assert len(sessions) == 1, sessions
-
-    def left_running() -> set[int]:
-        orphans = {  # e.g. workers started after the look, whose raylet has gone
-            pid for pid in _pids() if _alive(pid) and _is_ray(pid) and _holds(pid, sessions)
-        }
-        return {pid for pid in seen["pids"] if _alive(pid)} | orphans | _ray_started_here(cluster)
-
-    assert wait_until(lambda: not left_running(), timeout=20), f"left running: {left_running()}"
-    assert not ray.is_initialized()
 
 
 def test_the_test_cluster_listens_on_loopback_only(ray_cluster: RayCluster) -> None:
