@@ -133,8 +133,8 @@ def test_the_run_reports_the_dask_dashboard(dask_cluster: Any) -> None:
 def test_workers_with_another_madhatter_or_python_are_refused() -> None:
     """The check itself, against a stand-in client (a real mismatched worker would need a second
     installation of madhatter): the first differing worker is named with both versions."""
-    from madhatter.engines._kit import worker_runtime
     from madhatter.engines.dask import DaskEngine
+    from madhatter.engines.kit import worker_runtime
 
     class OtherWorkers:
         def wait_for_workers(self, count: int, timeout: float) -> None:

@@ -6,7 +6,7 @@ Everything listens on 127.0.0.1 only: the head node runs in Ray's single-machine
 otherwise swaps it for the machine's outward IP and listens there), as the engine's own local Rays
 do. The driver's Ray swaps ``127.0.0.1`` in an address it connects to just the same, so the tests
 give the cluster's address as ``[::ffff:127.0.0.1]:port``, a spelling of 127.0.0.1 it leaves alone
-(``ray_engine.LOOPBACK``). Ray's token authentication is turned off for the module
+(``_ray_connection.LOOPBACK``). Ray's token authentication is turned off for the module
 (``RAY_AUTH_MODE=disabled``): the driver reads that setting when ray is imported, long before a
 fixture could hand it a token, and a loopback-only cluster that lives for one module does not need
 one.
@@ -35,7 +35,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 import madhatter  # noqa: E402
 from madhatter import Pipeline, depends, parallel, postprocess, preprocess  # noqa: E402
-from madhatter.engines import Task, TaskLost, TaskResult, TaskTimedOut, _kit  # noqa: E402
+from madhatter.engines import Task, TaskLost, TaskResult, TaskTimedOut, kit  # noqa: E402
+from madhatter.engines import _ray_connection as ray_connection  # noqa: E402
 from madhatter.engines import ray as ray_engine  # noqa: E402
 from madhatter.engines._base import Remote  # noqa: E402
 from madhatter.engines.ray import RayEngine  # noqa: E402
@@ -82,7 +83,7 @@ class RayCluster:
             )  # fmt: skip
         self.session = self.process.pid  # every process of the cluster stays in this session
         try:
-            self.address = f"[{ray_engine.LOOPBACK}]:{self._wait_for_port()}"
+            self.address = f"[{ray_connection.LOOPBACK}]:{self._wait_for_port()}"
         except BaseException:
             self.stop()
             raise
@@ -447,7 +448,7 @@ def test_shutdown_cancels_running_tasks_and_returns_once_they_are_stopped(
 def test_a_node_with_another_madhatter_is_refused(
     ray_cluster: RayCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_kit, "worker_runtime", lambda: ("0.0.0", "2.7"))  # the driver's side
+    monkeypatch.setattr(kit, "worker_runtime", lambda: ("0.0.0", "2.7"))  # the driver's side
     with pytest.raises(
         madhatter.EngineError,
         match=r"Ray node 127\.0\.0\.1 .* runs madhatter .* but this driver runs madhatter 0\.0\.0 on "

@@ -30,7 +30,7 @@ from .._events import (
     StepTotalKnown,
 )
 from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
-from ..engines._kit import timed_call
+from ..engines.kit import timed_call
 from ..graph import Stage
 from ._chain import ChainTask, KeepOutput, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size

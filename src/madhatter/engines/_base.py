@@ -15,7 +15,7 @@ Two optional capabilities, each switched on by a trait and documented with it, l
 engine do more: its own retries (``Task.retries``) and output kept on the cluster
 (``Task.keep_output`` and :class:`Remote`). Plumbing that every engine shipping work elsewhere
 needs (the timed call, expiry after a timeout, function caches, the runtime check) lives in
-:mod:`._kit`, not here.
+:mod:`.kit`, not here.
 
 Engines are found by name (:mod:`._registry`); a third-party engine is one module with one class,
 registered by an entry point.

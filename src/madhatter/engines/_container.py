@@ -26,8 +26,8 @@ from typing import Any
 from ._base import TaskLost, TaskTimedOut
 from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import HEADER, frame
-from ._kit import describe_exit
 from ._serialize import loads
+from .kit import describe_exit
 
 LABEL = "io.madhatter.engine"
 """Every container the engine starts carries this label (value ``docker``)."""

@@ -28,7 +28,9 @@ from typing import Any
 
 from .._errors import EngineError
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
-from ._kit import (
+from ._registry import require_extra
+from ._serialize import dumps_function
+from .kit import (
     ShippedFunctions,
     check_runtime,
     expire_after,
@@ -37,8 +39,6 @@ from ._kit import (
     timed_call,
     worker_runtime,
 )
-from ._registry import require_extra
-from ._serialize import dumps_function
 
 distributed = require_extra("distributed", extra="dask")
 

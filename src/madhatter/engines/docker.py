@@ -42,9 +42,9 @@ from typing import Any
 from .._errors import EngineError
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
 from ._container import LABEL, RUN_LABEL, ContainerSpec, ContainerWorker
-from ._kit import ShippedFunctions, settle, worker_runtime
 from ._registry import require_extra
 from ._serialize import dumps_data, dumps_portable
+from .kit import ShippedFunctions, settle, worker_runtime
 
 docker = require_extra("docker", extra="docker")
 

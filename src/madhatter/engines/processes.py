@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
-from ._kit import describe_exit
 from ._serialize import dumps_data, dumps_function, loads
 from ._worker import STOP, worker_main
+from .kit import describe_exit
 
 KILL_GRACE_SECONDS = 1.0
 """How long past its timeout a task may run (its own alarm should have stopped it) before its

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 
 from ._base import Engine, EngineTraits, Task, TaskResult
 from ._deadline import deadline
-from ._kit import timed_call
+from .kit import timed_call
 
 
 def run_inline(task: Task, worker: str) -> Future[TaskResult]:

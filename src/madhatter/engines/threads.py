@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
-from ._kit import expire_after, settle, timed_call
+from .kit import expire_after, settle, timed_call
 
 
 class ThreadsEngine(Engine):

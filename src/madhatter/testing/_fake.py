@@ -37,7 +37,7 @@ import cloudpickle
 
 from .. import EngineError
 from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
-from ..engines._kit import ShippedFunctions, expire_after, load_function, settle, timed_call
+from ..engines.kit import ShippedFunctions, expire_after, load_function, settle, timed_call
 
 Answer = tuple[TaskResult | None, BaseException | None]
 """What a worker sends back: the task's result, or the error it ended with."""

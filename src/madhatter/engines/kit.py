@@ -1,5 +1,7 @@
 """The engine kit: plumbing that every engine shipping work elsewhere needs, written once.
 
+Public, for third-party engines as much as for the built-in ones.
+
 * :func:`timed_call` runs a task function and says when, where and for how long it ran.
 * :func:`settle` and :func:`expire_after` resolve a task's future exactly once, whichever comes
   first: the answer, or the timeout (``concurrent.futures`` raises ``InvalidStateError`` on a
@@ -28,6 +30,17 @@ from typing import Any, Generic, TypeVar
 from .._errors import EngineError
 from .._version import __version__
 from ._base import Task, TaskResult, TaskTimedOut
+
+__all__ = [
+    "ShippedFunctions",
+    "check_runtime",
+    "describe_exit",
+    "expire_after",
+    "load_function",
+    "settle",
+    "timed_call",
+    "worker_runtime",
+]
 
 Handle = TypeVar("Handle")
 
