@@ -34,13 +34,11 @@ class Placement:
     def __init__(self, sizer: ChunkSizer, *, probe: bool, ship_seconds: float, ships_data: bool) -> None:
         self.mode: Mode = "probe" if probe else "ship"
         self.sizer = sizer
-        self._ship_seconds = ship_seconds
-        self._ships_data = ships_data
-        self._adaptive = probe
-        self._transfer = 0.0
+        self._ship_seconds, self._ships_data = ship_seconds, ships_data
+        self._adaptive = probe  # a stage that probed keeps watching while it runs inline
+        self._probe_items, self._probe_seconds = 0, 0.0  # what the probe has run so far
+        self._transfer = 0.0  # pickling round trip per item, measured at the probe's end
         self._slow_chunks = 0
-        self._probe_items = 0
-        self._probe_seconds = 0.0
         sizer.target_seconds = INLINE_TARGET_SECONDS if probe else ship_seconds
 
     @property

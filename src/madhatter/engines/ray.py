@@ -45,19 +45,11 @@ from concurrent.futures import Future, wait
 from typing import Any
 
 from .._errors import EngineError, first_line
+from . import kit
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
 from ._ray_connection import acquire, release
 from ._registry import require_extra
 from ._serialize import dumps_function
-from .kit import (
-    ShippedFunctions,
-    check_runtime,
-    expire_after,
-    load_function,
-    settle,
-    timed_call,
-    worker_runtime,
-)
 
 ray = require_extra("ray", extra="ray")
 
@@ -97,10 +89,10 @@ def _run_task(
     output)`` and this returns two objects (``num_returns=2``): the result with ``(summary,
     len(output))``, which goes back to the driver, and ``output``, which stays in the cluster.
     """
-    function = load_function(function_key, function_bytes)
+    function = kit.load_function(function_key, function_bytes)
     if outputs:
         argument = tuple(outputs[e.index] if isinstance(e, _Slot) else e for e in argument)
-    result = timed_call(function, argument, _worker())
+    result = kit.timed_call(function, argument, _worker())
     if keep_output:
         summary, output = result.value
         return dataclasses.replace(result, value=(summary, len(output))), output
@@ -108,7 +100,7 @@ def _run_task(
 
 
 _remote_run_task = ray.remote(_run_task)
-_remote_runtime = ray.remote(worker_runtime)
+_remote_runtime = ray.remote(kit.worker_runtime)
 
 
 # -- in the driver ---------------------------------------------------------------------------
@@ -147,7 +139,7 @@ class RayEngine(Engine):
     ) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Any, _Pending] = {}  # by the ObjectRef of each task's result
-        self._functions: ShippedFunctions[Any] = ShippedFunctions(_put_function)
+        self._functions: kit.ShippedFunctions[Any] = kit.ShippedFunctions(_put_function)
         self._closed = False
         self._connection = acquire(workers, address, init_options)  # None: the user's Ray
         try:
@@ -189,7 +181,7 @@ class RayEngine(Engine):
         result.set_running_or_notify_cancel()
         timer = None
         if task.timeout is not None:
-            timer = expire_after(result, task.timeout, functools.partial(_cancel, ref))
+            timer = kit.expire_after(result, task.timeout, functools.partial(_cancel, ref))
         with self._lock:
             self._pending[ref] = _Pending(result, timer, output)
         ref.future().add_done_callback(lambda done: self._resolve(ref, done))
@@ -209,7 +201,7 @@ class RayEngine(Engine):
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        settle(pending.result, *_outcome(done, pending.output))
+        kit.settle(pending.result, *_outcome(done, pending.output))
 
     def shutdown(self, *, cancel_pending: bool) -> None:
         if self._closed:
@@ -240,7 +232,7 @@ class RayEngine(Engine):
         for pending in left:
             if pending.timer is not None:
                 pending.timer.cancel()
-            settle(pending.result, error=TaskLost("the Ray engine was shut down"))
+            kit.settle(pending.result, error=TaskLost("the Ray engine was shut down"))
         self._functions.clear()  # drops the refs: Ray frees the pickled functions
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -294,7 +286,7 @@ def _check_nodes() -> None:
             raise EngineError(
                 f"{where} cannot run madhatter (is it installed there?): {first_line(exc)}"
             ) from None
-        check_runtime(where, tuple(found), remedy="on the nodes")
+        kit.check_runtime(where, tuple(found), remedy="on the nodes")
 
 
 # -- a local Ray -----------------------------------------------------------------------------
