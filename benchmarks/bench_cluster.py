@@ -122,7 +122,7 @@ RAY_START_ENV = {
 """For the processes Ray starts (they inherit it): a proxy that does not exist, so their HTTP
 requests cannot leave the machine. Ray's dashboard process, started even without a dashboard,
 otherwise probes the cloud metadata service (169.254.169.254) and looks up its name (as
-madhatter's own engine prevents, ``NO_OUTSIDE_HTTP_ENV`` in ``engines/ray.py``)."""
+madhatter's own engine prevents, ``LOCAL_RAY_ENV`` in ``engines/_ray_connection.py``)."""
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -67,9 +67,7 @@ def _child(keys: Sequence[str], inner: int) -> dict[str, float]:
                 continue
             address = _cluster(engine, stack)
             pipeline = bench_local.W1_PIPELINE if workload == "W1" else bench_local.W3_PIPELINE
-            runners[key] = _runner(
-                madhatter.run, pipeline, engine=engine, address=address, inline=False
-            )
+            runners[key] = _runner(madhatter.run, pipeline, engine=engine, address=address, inline=False)
         for key, run in runners.items():
             size = {**LOCAL, **CLUSTER}[key]
             run(max(2, int(size * WARMUP_FRACTION)))
@@ -104,7 +102,9 @@ def _checkout(revision: str, stack: contextlib.ExitStack) -> pathlib.Path:
     return folder / "src"
 
 
-def _measure(src: pathlib.Path, keys: Sequence[str], inner: int, env: dict[str, str]) -> dict[str, float]:
+def _measure(
+    src: pathlib.Path, keys: Sequence[str], inner: int, env: dict[str, str]
+) -> dict[str, float]:
     child_env = {**env, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
     command = [sys.executable, __file__, "--child", ",".join(keys), "--inner", str(inner)]
     out = subprocess.run(command, env=child_env, check=True, capture_output=True, text=True).stdout
@@ -142,9 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = {label: _measure(src, keys, args.inner, env) for label, src in order}
             for key in keys:
                 ratios[key].append(figures["new"][key] / figures["old"][key])
-            shown = ", ".join(
-                f"{k} {figures['old'][k]:.2f}->{figures['new'][k]:.2f}s" for k in keys
-            )
+            shown = ", ".join(f"{k} {figures['old'][k]:.2f}->{figures['new'][k]:.2f}s" for k in keys)
             print(f"round {round_number + 1} ({order[0][0]} first): {shown}", flush=True)
     print(f"\nnew/old time, median of {args.rounds} interleaved rounds [min-max]:")
     for key, values in ratios.items():

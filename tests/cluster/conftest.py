@@ -1,8 +1,19 @@
-"""A real Dask cluster for the tests: a scheduler and workers started with Dask's own CLI, as
-separate OS processes listening on 127.0.0.1, as a user's cluster would be.
+"""Real clusters for the tests, started with the clusters' own CLIs as separate OS processes
+listening on 127.0.0.1, as a user's cluster would be: a Dask scheduler and workers, and a Ray
+head node. The tests connect to them by address.
 
-Skipped when the ``dask`` extra is missing; under ``MADHATTER_REQUIRE_ALL=1`` (CI) the skip is a
-failure.
+Everything of the Ray cluster listens on 127.0.0.1 only: the head node runs in Ray's
+single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which keeps a 127.0.0.1 node
+address; on Linux Ray otherwise swaps it for the machine's outward IP and listens there), as the
+engine's own local Rays do. The driver's Ray swaps ``127.0.0.1`` in an address it connects to just
+the same, so the cluster's address is given as ``[::ffff:127.0.0.1]:port``, a spelling of
+127.0.0.1 it leaves alone (``_ray_connection.LOOPBACK``). Ray's token authentication is turned
+off while the cluster runs (``RAY_AUTH_MODE=disabled``): the driver reads that setting when ray is
+imported, long before a fixture could hand it a token, and a loopback-only cluster that lives for
+one test module does not need one.
+
+Skipped when the ``dask`` or ``ray`` extra is missing; under ``MADHATTER_REQUIRE_ALL=1`` (CI) the
+skip is a failure.
 """
 
 from __future__ import annotations
@@ -12,11 +23,15 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
+from cluster_helpers import in_session
 
 START_SECONDS = 60
 
@@ -105,3 +120,94 @@ def own_dask_cluster(tmp_path: pathlib.Path) -> Iterator[DaskCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+class RayCluster:
+    """A head node with 2 CPUs, started by ``ray start --head --block`` in its own session."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+        if cli is None:
+            pytest.skip("the ray CLI is not installed (pip install 'madhatter[ray]')")
+        from madhatter.engines._ray_connection import LOOPBACK
+
+        self.folder = folder
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep 127.0.0.1 (see the module docstring)
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # A `ray start` cluster with statistics off still sends a notice saying so: to nowhere.
+            "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+            # Its dashboard process probes cloud metadata services (169.254.169.254) regardless:
+            # through a proxy that does not exist. Upper case: Python reads it, gRPC does not.
+            "HTTP_PROXY": "http://127.0.0.1:9",
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "NO_PROXY": "127.0.0.1,localhost,::1",
+            "RAY_AUTH_MODE": "disabled",
+        }
+        with open(folder / "ray-start.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    cli, "start", "--head", "--block", "--port=0", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        self.session = self.process.pid  # every process of the cluster stays in this session
+        try:
+            self.address = f"[{LOOPBACK}]:{self._wait_for_port()}"
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_for_port(self) -> int:
+        """The GCS port Ray picked (``--port=0``), once the GCS accepts connections. In Ray's
+        single-machine mode ``ray start`` prints no address; the session folder records it."""
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.folder / "ray-start.log").read_text(errors="replace")
+                raise RuntimeError(f"ray start exited with {self.process.returncode}:\n{log}")
+            for path in self.folder.glob("session_latest/gcs_server_port_*"):
+                text = path.read_text().strip()
+                if text.isdigit():
+                    try:
+                        socket.create_connection(("127.0.0.1", int(text)), timeout=1).close()
+                    except OSError:
+                        break
+                    return int(text)
+            time.sleep(0.1)
+        raise RuntimeError("the Ray head node did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # ray start --block stops its processes
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for pid in in_session(self.session):  # anything that outlived it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """One head node, shared by a test module. Its temp dir is short: Ray's unix sockets live
+    there."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="mh-ray-", dir="/tmp"))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RAY_AUTH_MODE", "disabled")  # the driver's side (see the docstring)
+            patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+            cluster = RayCluster(folder)
+            try:
+                yield cluster
+            finally:
+                cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -15,39 +14,16 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
+from cluster_helpers import FAN_IN, numbers, squares  # noqa: E402
+
 import madhatter  # noqa: E402
-from madhatter import Pipeline, depends, parallel, postprocess, preprocess  # noqa: E402
+from madhatter import depends, parallel, preprocess  # noqa: E402
 from madhatter.events import ChunkDone, Event  # noqa: E402
 from madhatter.testing import RecordingListener  # noqa: E402
 
 # The workers cannot import this test module: ship its functions by value, as a user would for a
 # script the workers do not have (``madhatter run FILE`` does this for the file it runs).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-@preprocess
-def numbers() -> list[int]:
-    return list(range(30))
-
-
-@depends(numbers)
-@parallel.map(chunk_by=4)
-def squares(x: int) -> int:
-    return x * x
-
-
-@depends(numbers)
-@parallel.filter(chunk_by=3)
-def odd(x: int) -> bool:
-    return x % 2 == 1
-
-
-@depends(squares, odd)
-@postprocess
-def combined(all_squares: list[int], odds: list[int]) -> tuple[int, list[int]]:
-    return sum(all_squares), odds
 
 
 @preprocess
@@ -97,21 +73,8 @@ def test_a_local_cluster_is_started_for_the_run_and_stopped_after(
     child_pids: Any, wait_until: Any
 ) -> None:
     before = set(child_pids())  # the resource tracker is left out (tests/conftest.py)
-    pipeline = Pipeline([numbers, squares, odd, combined])
-    assert pipeline.run(engine="dask", workers=2, inline=False) == pipeline.run(engine="serial")
+    assert FAN_IN.run(engine="dask", workers=2, inline=False) == FAN_IN.run(engine="serial")
     assert wait_until(lambda: set(child_pids()) <= before, timeout=20), "local cluster left running"
-
-
-def test_the_cli_runs_on_a_dask_cluster(dask_cluster: Any) -> None:
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "madhatter", "run", str(ROOT / "examples" / "hello.py"),
-            "--engine", "dask", "--address", dask_cluster.address, "--no-inline", "--quiet",
-        ],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[1, 2, 3, 4]"
 
 
 def test_an_unreachable_scheduler_is_a_clear_error() -> None:

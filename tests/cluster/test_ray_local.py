@@ -3,7 +3,7 @@ on 127.0.0.1 only, shared by the runs alive at once in one process and stopped b
 them, leaving the caller's environment as it was.
 
 Each test starts a local Ray of its own (a few seconds each). The /proc helpers and the example
-pipeline come from test_ray.py.
+pipeline come from cluster_helpers.py.
 """
 
 from __future__ import annotations
@@ -22,24 +22,21 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
-from test_ray import (  # noqa: E402
-    _alive,
-    _bound_sockets,
-    _is_loopback,
-    _pids,
-    _socket_inodes,
-    _stat,
-    combined,
-    numbers,
-    odd,
-    squares,
+from cluster_helpers import (  # noqa: E402
+    FAN_IN,
+    alive,
+    all_pids,
+    bound_sockets,
+    is_loopback,
+    proc_stat,
+    socket_inodes,
 )
 
 import madhatter  # noqa: E402
 from madhatter import Pipeline, depends, parallel, preprocess  # noqa: E402
 from madhatter.events import ChunkDone, Event  # noqa: E402
 
-# The workers cannot import this test module: its functions travel by value (see test_ray.py).
+# The workers cannot import this test module: its functions travel by value (see cluster_helpers.py).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 RAY_PACKAGE = os.path.dirname(ray.__file__)
@@ -87,7 +84,7 @@ def _ray_started_here() -> set[int]:
     Zombies are left out: they have exited (in a container whose init does not reap orphans they
     stay in the process table once the raylet, their parent, has gone).
     """
-    table = {pid: stat for pid in _pids() if (stat := _stat(pid)) is not None}
+    table = {pid: stat for pid in all_pids() if (stat := proc_stat(pid)) is not None}
     children: dict[int, list[int]] = {}
     for pid, (parent, _, _) in table.items():
         children.setdefault(parent, []).append(pid)
@@ -119,7 +116,7 @@ def test_a_local_ray_listens_on_loopback_only_and_is_gone_after_the_run(
     driver's own Ray code) listen on is on 127.0.0.1; after the run, none of them is left, nor
     its folder."""
     assert not _ray_started_here()
-    driver_sockets = _socket_inodes(os.getpid())
+    driver_sockets = socket_inodes(os.getpid())
     seen: dict[str, Any] = {}
 
     def look(event: Event) -> None:
@@ -128,15 +125,14 @@ def test_a_local_ray_listens_on_loopback_only_and_is_gone_after_the_run(
             seen["pids"] = processes
             seen["names"] = {pid: _comm(pid) for pid in processes}
             seen["environments"] = [(_cmdline(pid), _environ(pid)) for pid in processes]
-            seen["sockets"] = _bound_sockets({*processes, os.getpid()}, driver_sockets)
+            seen["sockets"] = bound_sockets({*processes, os.getpid()}, driver_sockets)
 
-    pipeline = Pipeline([numbers, squares, odd, combined])
-    result = pipeline.run(engine="ray", workers=2, inline=False, listeners=[look])
-    assert result == pipeline.run(engine="serial")
+    result = FAN_IN.run(engine="ray", workers=2, inline=False, listeners=[look])
+    assert result == FAN_IN.run(engine="serial")
 
     assert {"raylet", "gcs_server"} <= set(seen["names"].values()), seen["names"]
     assert seen["sockets"], "no Ray socket found"
-    exposed = [(pid, address) for pid, address in seen["sockets"] if not _is_loopback(address)]
+    exposed = [(pid, address) for pid, address in seen["sockets"] if not is_loopback(address)]
     assert not exposed, f"Ray listens beyond loopback: {exposed}"
     # Nothing it runs looks up an outward address; its dashboard process, which probes cloud
     # metadata services at start-up, has a proxy that sends such requests nowhere. (Processes
@@ -155,9 +151,9 @@ def test_a_local_ray_listens_on_loopback_only_and_is_gone_after_the_run(
 
     def left_running() -> set[int]:
         orphans = {  # e.g. workers started after the look, whose raylet has gone
-            pid for pid in _pids() if _alive(pid) and _is_ray(pid) and _holds(pid, sessions)
+            pid for pid in all_pids() if alive(pid) and _is_ray(pid) and _holds(pid, sessions)
         }
-        return {pid for pid in seen["pids"] if _alive(pid)} | orphans | _ray_started_here()
+        return {pid for pid in seen["pids"] if alive(pid)} | orphans | _ray_started_here()
 
     assert wait_until(lambda: not left_running(), timeout=20), f"left running: {left_running()}"
     assert not any(os.path.exists(session) for session in sessions)  # its folder is removed
