@@ -88,6 +88,11 @@ def _cluster(engine: str, stack: contextlib.ExitStack) -> str:
     """Start the shared cluster of ``bench_cluster`` for ``engine`` (once per child)."""
     import bench_cluster
 
+    unavailable = (
+        bench_cluster.dask_unavailable() if engine == "dask" else bench_cluster.ray_unavailable()
+    )
+    if unavailable:  # also sets what Ray reads on import, as bench_cluster's own run does
+        raise SystemExit(f"{engine}: {unavailable}")
     side = bench_cluster.DaskSide(stack) if engine == "dask" else bench_cluster.RaySide(stack)
     return side.address
 
@@ -107,8 +112,10 @@ def _measure(
 ) -> dict[str, float]:
     child_env = {**env, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
     command = [sys.executable, __file__, "--child", ",".join(keys), "--inner", str(inner)]
-    out = subprocess.run(command, env=child_env, check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"a child failed ({src}):\n{done.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import inspect
 from collections.abc import Mapping
 from types import ModuleType
@@ -41,7 +40,10 @@ _registered: dict[str, str] = {}
 
 @functools.cache
 def _entry_points() -> dict[str, str]:
-    """Engines that installed packages declare, by name (read once per process)."""
+    """Engines that installed packages declare, by name (read once per process, when an engine
+    is first looked up: ``importlib.metadata`` costs ~10 ms to import, more than madhatter)."""
+    import importlib.metadata
+
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
