@@ -62,5 +62,7 @@ def _copy(done: Future[TaskResult], outer: Future[TaskResult]) -> None:
     """Hand the pool's answer on to the task's future, unless its timeout failed it first."""
     if done.cancelled():
         settle(outer, error=TaskLost("the task was cancelled before it started"))
+    elif (error := done.exception()) is not None:  # ``is not None``: an exception may be falsy
+        settle(outer, error=error)
     else:
-        settle(outer, None if done.exception() else done.result(), done.exception())
+        settle(outer, done.result())
