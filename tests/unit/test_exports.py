@@ -139,3 +139,37 @@ def test_an_engine_option_the_engine_does_not_take_names_its_options() -> None:
         match=r"'threads' engine has no option 'colour' \(its options: none but workers\)",
     ):
         madhatter.engines.get_engine("threads", colour="red")
+
+
+def test_an_engine_written_to_the_old_contract_is_told_what_changed() -> None:
+    with pytest.raises(TypeError, match=r"sets handles_retries, .*EngineTraits\(retries=\.\.\.\)"):
+
+        class Old(madhatter.engines.Engine):  # the 0.1 contract's class flags
+            name = "old"
+            handles_retries = True
+            keeps_results = True
+
+
+def test_a_prepare_that_returns_no_traits_is_a_clear_error() -> None:
+    from madhatter.engines.threads import ThreadsEngine
+
+    class Unprepared(ThreadsEngine):
+        name = "unprepared"
+
+        def prepare(self, resources: object) -> None:  # type: ignore[override]  # the old hook
+            return None
+
+    @madhatter.preprocess
+    def items() -> list[int]:
+        return [1, 2]
+
+    @madhatter.depends(items)
+    @madhatter.parallel.map
+    def double(x: int) -> int:
+        return 2 * x
+
+    with (
+        Unprepared() as engine,
+        pytest.raises(madhatter.EngineError, match=r"'unprepared' engine's prepare\(\) returned None"),
+    ):
+        madhatter.run(double, engine=engine)

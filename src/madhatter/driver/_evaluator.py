@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._errors import RunError, ShippingError, StepFailed
+from .._errors import EngineError, RunError, ShippingError, StepFailed
 from .._events import StepFinished, StepStarted
 from ..engines import Engine, EngineTraits
 from ..engines._serialize import dumps_function
@@ -252,7 +252,14 @@ class Evaluator:
         for stage in self.plan.stages:
             if stage.kind == "parallel":
                 engine = self.engines.get(stage.first.engine)
-                self._traits[stage.name] = engine.prepare(dict(stage.first.resources))
+                traits = engine.prepare(dict(stage.first.resources))
+                if not isinstance(traits, EngineTraits):
+                    raise EngineError(
+                        f"the {engine.name!r} engine's prepare() returned {traits!r}, not the "
+                        f"stage's EngineTraits (return self.traits when they do not depend on the "
+                        f"resources; see docs/engines.md)"
+                    )
+                self._traits[stage.name] = traits
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -134,6 +134,20 @@ class EngineTraits:
     keeps_output: bool = False
 
 
+_OLD_FLAGS = {
+    "ships_data": "ships_data",
+    "target_task_seconds": "task_seconds",
+    "tasks_per_worker": "tasks_per_worker",
+    "runs_inline": "runs_inline",
+    "own_environment": "own_environment",
+    "handles_retries": "retries",
+    "keeps_results": "keeps_output",
+    "task_seconds": "task_seconds",
+}
+"""The class flags and hook of the 0.1 engine contract, and the trait each became (the hook
+``task_seconds(resources)`` became the traits that ``prepare`` returns)."""
+
+
 class Engine(abc.ABC):
     """Runs opaque tasks somewhere. Knows nothing about steps, chunks or graphs.
 
@@ -144,6 +158,18 @@ class Engine(abc.ABC):
 
     name: ClassVar[str]
     traits: ClassVar[EngineTraits] = EngineTraits()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse the class flags of madhatter 0.1's contract: silently ignored, one of them
+        (``handles_retries``) would make the runner retry on top of the engine's own retries."""
+        super().__init_subclass__(**kwargs)
+        old = sorted(set(vars(cls)) & _OLD_FLAGS.keys())
+        if old:
+            raise TypeError(
+                f"engine {cls.__qualname__} sets {', '.join(old)}, which madhatter no longer "
+                f"reads: declare traits = EngineTraits({_OLD_FLAGS[old[0]]}=...) instead"
+                f" (see docs/engines.md)"
+            )
 
     @property
     @abc.abstractmethod
