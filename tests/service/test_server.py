@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -186,3 +187,21 @@ def test_the_with_worker_worker_stops_when_serve_is_killed(
     os.kill(serve_pid, signal.SIGKILL)  # serve only, not its process group: no chance to clean up
     server.process.wait()
     assert wait_until(lambda: not _alive(children[0]), timeout=20)
+
+
+def test_the_with_worker_worker_takes_the_parent_pid_out_of_the_environment_before_importing_pipelines(
+    tmp_path: pathlib.Path, servers: Callable[..., Server]
+) -> None:
+    """A process a pipeline module starts at import must not inherit the variable that tells a
+    worker to follow its serve (it would follow a serve that is not its parent)."""
+    record = tmp_path / "imports"
+    recording = f"import os\nwith open({str(record)!r}, 'a') as out:\n"
+    recording += "    print(os.getpid(), os.environ.get('MADHATTER_PARENT_PID'), file=out)\n"
+    pipeline = write_pipeline(tmp_path, "trivial", recording + textwrap.dedent(TRIVIAL))
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    server = servers(str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads")
+    done = cli("submit", "trivial", "--wait", url=server.url)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in record.read_text().splitlines()]
+    assert len({pid for pid, _ in lines}) >= 2  # serve and its worker both imported the pipeline
+    assert {seen for _, seen in lines} == {"None"}

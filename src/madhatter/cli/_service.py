@@ -112,8 +112,18 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from ..service import Registry, Worker, open_store, recorded_targets, store_url, work
+    from ..service import (
+        Registry,
+        Worker,
+        follow_serve,
+        open_store,
+        recorded_targets,
+        store_url,
+        work,
+    )
 
+    if not follow_serve():
+        return 0  # started by a serve that is gone already
     url, targets = store_url(args.broker), args.targets
     if not targets:
         with open_store(url) as store:

@@ -7,6 +7,7 @@ The public face, all the command line uses::
                                  one worker process it starts and stops
     Worker                       executes queued runs of registered pipelines on an engine
     work(worker)                 a worker process's life (``madhatter worker``): until SIGTERM
+    follow_serve()               in a worker process serve started: stop when serve does
     Registry, recorded_targets   the pipelines a service may run; those ``serve`` recorded
     open_store(url), Store       the run store at ``sqlite:///FILE`` or ``redis://HOST:PORT/DB``
     store_url(url)               the URL meant: the one given, ``$MADHATTER_BROKER``, or the default
@@ -35,7 +36,7 @@ Importing this package loads no web library either: fastapi, uvicorn and jinja2 
 """
 
 from ._client import Client, ClientError
-from ._processes import serve, work
+from ._processes import follow_serve, serve, work
 from ._registry import Registry, recorded_targets
 from ._store import Store
 from ._stores import DEFAULT_BROKER, StoreError, open_store, store_url
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Worker",
+    "follow_serve",
     "open_store",
     "recorded_targets",
     "serve",

@@ -103,11 +103,10 @@ def _start_worker(url: str, engine: str, options: Mapping[str, Any]) -> subproce
 
 def work(worker: Worker, *, announce: Announce = _to_stderr) -> None:
     """Run ``worker`` in this process until SIGTERM or Ctrl-C, which stop the runs in hand and
-    give them back to the queue. Installs signal handlers, so it runs in the main thread. Started
-    by :func:`serve`, the process also stops (the same way) when serve's does.
+    give them back to the queue. Installs signal handlers, so it runs in the main thread (a
+    process that :func:`serve` started calls :func:`follow_serve` first, so it also stops, the
+    same way, when serve's does).
     """
-    if not _follow_parent():
-        return
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -116,9 +115,10 @@ def work(worker: Worker, *, announce: Announce = _to_stderr) -> None:
     worker.serve(stop)
 
 
-def _follow_parent() -> bool:
-    """For a worker that ``serve`` started: watch serve, and stop with it. False if it is gone
-    already (nothing to do then)."""
+def follow_serve() -> bool:
+    """For a worker process that :func:`serve` started (else a no-op): watch serve, and stop
+    with it. Called first thing, before the worker loads any pipeline, so no process those start
+    inherits :data:`PARENT_ENV`. False if serve is gone already (nothing to do then)."""
     parent = os.environ.pop(PARENT_ENV, None)
     if parent is None:
         return True
