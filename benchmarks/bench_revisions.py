@@ -58,6 +58,7 @@ def _child(keys: Sequence[str], inner: int) -> dict[str, float]:
     results: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         runners: dict[str, Callable[[int], Any]] = {}
+        addresses: dict[str, str] = {}
         for key in keys:
             engine, _, workload = key.rpartition(" ")
             if not engine:
@@ -65,7 +66,9 @@ def _child(keys: Sequence[str], inner: int) -> dict[str, float]:
                 threads = bench_local.W4_THREADS if name == "threads" else bench_local.WORKERS
                 runners[key] = _runner(madhatter.run, pipeline, engine=name, workers=threads)
                 continue
-            address = _cluster(engine, stack)
+            if engine not in addresses:  # one cluster per engine, shared by its workloads
+                addresses[engine] = _cluster(engine, stack)
+            address = addresses[engine]
             pipeline = bench_local.W1_PIPELINE if workload == "W1" else bench_local.W3_PIPELINE
             runners[key] = _runner(madhatter.run, pipeline, engine=engine, address=address, inline=False)
         for key, run in runners.items():
