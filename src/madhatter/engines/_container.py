@@ -15,6 +15,7 @@ driver that crashed can be found and removed (``madhatter docker prune``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import socket
@@ -174,20 +175,24 @@ class ContainerWorker:
         if state.get("OOMKilled"):
             cause = f"was OOMKilled: it used more than its memory limit ({self.spec.memory})"
         else:
-            cause = describe_exit(_exit_status(state))
+            cause = _exit_cause(state)
         detail = f"container {self.name} ({self.spec.describe()}) {cause}"
         text = stderr.decode(errors="replace").strip()
         return f"{detail}; the end of its stderr:\n{text}" if text else detail
 
 
-def _exit_status(state: Mapping[str, Any]) -> int | None:
-    """A container's end in :func:`describe_exit`'s terms: ``None`` while it runs, ``-N`` if
-    signal ``N`` killed it (Docker reports that as exit code ``128 + N``, as a shell would),
-    else its exit code."""
+def _exit_cause(state: Mapping[str, Any]) -> str:
+    """How a container ended, in :func:`describe_exit`'s words, keeping its exit code as Docker
+    gave it: a code of ``128 + N`` also names signal ``N``, which it usually means (as in a shell),
+    though the process may have exited with that code itself."""
     if state.get("Running"):
-        return None
+        return describe_exit(None)
     code = int(state.get("ExitCode") or 0)
-    return 128 - code if 128 < code < 128 + signal.NSIG else code
+    cause = describe_exit(code)
+    if 128 < code < 128 + signal.NSIG:
+        with contextlib.suppress(ValueError):  # a number no signal has
+            cause += f" (128 + {signal.Signals(code - 128).name}: usually killed by that signal)"
+    return cause
 
 
 class _OutputReader:
