@@ -42,7 +42,7 @@ CONTAINER_ENGINE = "docker"
 names none with ``engine=``. Naming one lets any engine that runs containers serve such steps."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class StepSpec:
     """Everything the decorators recorded about one step.
 

@@ -28,7 +28,8 @@ class Param:
 class Step(StepSpec):
     """One step of a pipeline: the decorators' :class:`~madhatter._steps.StepSpec` (its options,
     defined there once) with what building the graph settled: the step's name, its function, its
-    kind and its upstreams by name, and which run parameters it takes."""
+    kind and its upstreams by name, and which run parameters it takes. Every field is keyword-only
+    (``Step(name=..., func=..., kind=...)``), as a spec's are."""
 
     name: str
     func: Callable[..., Any]
