@@ -173,3 +173,14 @@ def test_a_prepare_that_returns_no_traits_is_a_clear_error() -> None:
         pytest.raises(madhatter.EngineError, match=r"'unprepared' engine's prepare\(\) returned None"),
     ):
         madhatter.run(double, engine=engine)
+
+
+def test_an_engine_that_is_neither_a_name_nor_an_engine_is_a_type_error() -> None:
+    @madhatter.preprocess
+    def items() -> list[int]:
+        return [1]
+
+    with pytest.raises(
+        TypeError, match="engine= takes an engine's name or an Engine instance, not object"
+    ):
+        madhatter.run(items, engine=object())

@@ -3,8 +3,9 @@
 =================  ================================================================================
 ``_execute``       :func:`execute_plan`, the entry point: start, run, stop everything, report
 ``_evaluator``     evaluates driver steps and drives the parallel stages until what is asked is ready
-``_stage``         one parallel stage: chunking, the probe/inline/ship policy, back-pressure,
-                   retries, ordering, statistics and events
+``_stage``         one parallel stage: chunking, back-pressure, retries, ordering, statistics
+                   and events
+``_placement``     where a stage's chunks run: the probe, then inline in the driver or shipped
 ``_readers``       a stage's input: a driver step's iterable, or a channel cursor
 ``_channel``       a stage's ordered output, read by one cursor per consumer
 ``_sizing``        how big a chunk is, and whether shipping pays off

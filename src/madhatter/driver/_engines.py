@@ -28,8 +28,12 @@ class EngineSet:
                 )
             self._borrowed = self._engines[default.name] = default
             self.default_name = default.name
-        else:
+        elif isinstance(default, str):
             self.default_name = default
+        else:
+            raise TypeError(
+                f"engine= takes an engine's name or an Engine instance, not {type(default).__name__}"
+            )
         self._workers = workers
         self._options = dict(options)
 

@@ -50,8 +50,8 @@ def execute_plan(
     status, error = "failed", None
     try:
         evaluator.prepare_engines()
-        engine = engines.get(None)
-        engine_info = (engines.default_name, engine.workers, steps, engine.dashboard_link)
+        own = engines.get(None)
+        engine_info = (engines.default_name, own.workers, steps, own.dashboard_link)
         run.emit(RunStarted(run_id, pipeline, *engine_info))
         result = evaluator.result()
         status = "succeeded"

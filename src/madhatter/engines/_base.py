@@ -4,7 +4,7 @@ An engine knows nothing about steps, chunks or graphs. It receives :class:`Task`
 picklable function, its argument, a timeout and resource requests -- and returns a
 ``concurrent.futures.Future`` per task that resolves to a :class:`TaskResult`, or fails with the
 task function's own exception, :class:`TaskLost` (the worker died) or :class:`TaskTimedOut`. The
-run package (:mod:`madhatter.run`) does everything else: chunking, ordering, back-pressure,
+driver (:mod:`madhatter.driver`) does everything else: chunking, ordering, back-pressure,
 retries, events.
 
 The contract is three members -- :attr:`Engine.workers`, :meth:`Engine.submit`,
