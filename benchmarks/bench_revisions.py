@@ -1,7 +1,8 @@
 """Old against new: madhatter at two revisions on the same workloads, interleaved.
 
 Run ``python benchmarks/bench_revisions.py --old REV`` (default ``HEAD~1``; any git revision) to
-time this checkout's ``src/`` against REV's, or ``--old-src DIR`` for a source tree at hand. It
+time this checkout's ``src/`` (or ``--new REV``'s) against REV's, or ``--old-src DIR`` for a
+source tree at hand. It
 prints, per workload, the median of the per-round ratios new/old with their spread (min-max):
 below 1.00 the new code is faster. It is how a restructure shows "no regression beyond noise".
 
@@ -126,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", default="HEAD~1", help="git revision to compare against")
     parser.add_argument("--old-src", help="a source folder to compare against instead of --old")
+    parser.add_argument("--new", help="git revision to time (default: this checkout's src/)")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
     parser.add_argument("--inner", type=int, default=1, help="timed calls per child (best of)")
     parser.add_argument("--only", help="comma-separated workloads (default: all)")
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, bench_local.CALIBRATION_ENV: repr(bench_local.calibrate())}
     with contextlib.ExitStack() as stack:
         old = pathlib.Path(args.old_src) if args.old_src else _checkout(args.old, stack)
-        new = ROOT / "src"
+        new = _checkout(args.new, stack) if args.new else ROOT / "src"
         ratios: dict[str, list[float]] = {k: [] for k in keys}
         for round_number in range(args.rounds):
             order = [("old", old), ("new", new)]
