@@ -2,8 +2,9 @@
 on 127.0.0.1 only, shared by the runs alive at once in one process and stopped by the last of
 them, leaving the caller's environment as it was.
 
-Each test starts a local Ray of its own (a few seconds each). The /proc helpers and the example
-pipeline come from cluster_helpers.py.
+Each test that runs a pipeline starts a local Ray of its own (a few seconds each); the tests of
+the engine's options check them before any Ray starts. The /proc helpers and the example pipeline
+come from cluster_helpers.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from cluster_helpers import (  # noqa: E402
 
 import madhatter  # noqa: E402
 from madhatter import Pipeline, depends, parallel, preprocess  # noqa: E402
+from madhatter.engines import Task, _ray_connection, _ray_start_options  # noqa: E402
+from madhatter.engines.ray import RayEngine  # noqa: E402
 from madhatter.events import ChunkDone, Event  # noqa: E402
 
 # The workers cannot import this test module: its functions travel by value (see cluster_helpers.py).
@@ -249,3 +252,126 @@ def test_two_runs_at_once_share_one_local_ray_which_the_last_one_stops(
         assert second.result(timeout=60) == [10, 20, 30]
     assert not ray.is_initialized()
     assert wait_until(lambda: not _ray_started_here(), timeout=20), _ray_started_here()
+
+
+# -- start-time options ----------------------------------------------------------------------
+
+
+def test_start_time_options_become_ray_start_flags_and_the_rest_go_to_ray_init() -> None:
+    start, connect = _ray_start_options.split_options(
+        {
+            "num_gpus": 0,
+            "resources": '{"widget": 2}',  # as --engine-option resources={...} gives it
+            "labels": {"zone": "here", "rack": "r1"},
+            "object_store_memory": 2**27,
+            "_system_config": {"object_timeout_milliseconds": 200},
+            "_enable_object_reconstruction": True,
+            "include_dashboard": False,  # what the local Ray does anyway: left out
+            "runtime_env": {"env_vars": {"A": "1"}},
+            "namespace": "ns",
+        }
+    )
+    assert connect == {"runtime_env": {"env_vars": {"A": "1"}}, "namespace": "ns"}
+    assert _ray_start_options.local_start_flags(2, start) == {
+        "num_gpus": ["--num-gpus=0"],
+        "resources": ['--resources={"widget": 2}'],
+        "labels": ["--labels=zone=here,rack=r1"],
+        "object_store_memory": ["--object-store-memory=134217728"],
+        "_system_config": ['--system-config={"object_timeout_milliseconds": 200}'],
+        "_enable_object_reconstruction": ["--enable-object-reconstruction"],
+        "num_cpus": ["--num-cpus=2"],  # workers=
+    }
+    assert _ray_start_options.local_start_flags(None, {"num_cpus": 3.0}) == {
+        "num_cpus": ["--num-cpus=3"]
+    }
+    assert _ray_start_options.local_start_flags(3, {"num_cpus": "3"}) == {"num_cpus": ["--num-cpus=3"]}
+    default = _ray_start_options.local_start_flags(None, {})
+    assert default == {"num_cpus": [f"--num-cpus={os.cpu_count() or 1}"]}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"workers": 2, "num_cpus": 4}, r"workers=2 and num_cpus=4 both set the CPUs"),
+        ({"num_gpus": 0.5}, r"num_gpus=0\.5: `ray start` takes a whole number"),
+        ({"resources": {"widget": "two"}}, r"the amount of 'widget' is not a number"),
+        ({"include_dashboard": True}, r"include_dashboard=True: the local Ray .* runs no dashboard"),
+        ({"_temp_dir": "/tmp/x"}, r"_temp_dir='/tmp/x': the local Ray .* cannot take it .*RAY_TMPDIR"),
+        ({"num_tpus": 1}, r"the ray engine has no option 'num_tpus'"),
+        (
+            {"address": "127.0.0.1:9", "num_gpus": 1},
+            r"start-time option num_gpus=1 cannot apply to the Ray cluster at 127\.0\.0\.1:9",
+        ),
+    ],
+)
+def test_options_a_ray_cannot_take_are_clear_errors_before_anything_starts(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(madhatter.EngineError, match=message):
+        RayEngine(**options)
+    assert not ray.is_initialized()
+    assert not _ray_started_here()
+
+
+def test_a_local_ray_that_cannot_start_leaves_no_folder(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_port() -> int:
+        raise OSError("no free port")
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(_ray_connection, "_free_port", no_port)
+    with pytest.raises(madhatter.EngineError, match="the local Ray did not start: no free port"):
+        RayEngine(workers=1)
+    assert not list(tmp_path.iterdir())
+    assert not ray.is_initialized()
+
+
+@preprocess
+def three_items() -> list[int]:
+    return [1, 2, 3]
+
+
+@depends(three_items)
+@parallel.map(resources={"widget": 1}, chunk_by=1)
+def with_a_widget(x: int) -> tuple[int, float]:
+    return x * 10, ray.get_runtime_context().get_assigned_resources().get("widget", 0.0)
+
+
+def test_start_time_options_start_the_local_ray_and_an_engine_joining_it_must_agree() -> None:
+    """``num_gpus``, ``resources``, ``labels`` and ``object_store_memory`` go to ``ray start``
+    (``ray.init`` refuses them when it joins a Ray): the local Ray has them, and runs a step that
+    asks for a widget. A run alive at once that repeats them joins it; one that asks for other
+    start-time options cannot, nor can a task ask for more widgets than there are."""
+    options: dict[str, Any] = {
+        "num_gpus": 0,
+        "resources": {"widget": 2},
+        "labels": {"zone": "here"},
+        "object_store_memory": 100 * 2**20,
+    }
+    first = RayEngine(workers=1, **options)
+    try:
+        (node,) = [node for node in ray.nodes() if node["Alive"]]
+        assert node["Resources"]["widget"] == 2
+        assert node["Resources"]["CPU"] == 1
+        assert node["Resources"].get("GPU", 0) == 0
+        assert node["Resources"]["object_store_memory"] == 100 * 2**20
+        assert node["Labels"]["zone"] == "here"
+
+        pipeline = Pipeline([three_items, with_a_widget])
+        result = madhatter.run(pipeline, engine="ray", inline=False, **options)  # joins it
+        assert result == [(10, 1.0), (20, 1.0), (30, 1.0)]
+        assert ray.is_initialized()  # the first engine still uses it
+
+        with pytest.raises(
+            madhatter.EngineError,
+            match=r"start-time option resources=\{'widget': 3\} cannot apply: this process runs "
+            r"the local Ray another run started \(ray start .*--resources=\{\"widget\": 2\}",
+        ):
+            RayEngine(resources={"widget": 3}, num_gpus=0)
+        task = Task("t/w/0/0", abs, "t/w", (-1,), resources={"widget": 3})
+        with pytest.raises(madhatter.EngineError, match="asks for 3 widget but the local Ray"):
+            first.submit(task)
+    finally:
+        first.shutdown(cancel_pending=False)
+    assert not ray.is_initialized()

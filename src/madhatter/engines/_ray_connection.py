@@ -9,7 +9,9 @@ it and leave it alone.
 
 A local Ray is started with Ray's own CLI in a process of its own (:class:`_LocalHead`, which says
 why that keeps every socket on 127.0.0.1 and why it cannot be ``ray.init`` in this process). Only
-Ray's public interfaces are used.
+Ray's public interfaces are used. The engine's options are ``ray.init``'s: the start-time ones
+(:data:`START_FLAGS`), which ``ray.init`` refuses when it joins a running Ray, become flags of that
+``ray start``; the others go to ``ray.init`` (:func:`split_options`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import EngineError
+from ._ray_start_options import (
+    LOCAL_RAY_SETS,
+    listed_options,
+    local_start_flags,
+    split_options,
+    start_flags,
+)
 from ._registry import require_extra
 
 ray = require_extra("ray", extra="ray")
@@ -85,6 +94,8 @@ class Connection:
             back after disconnecting.
         dashboard: the cluster's dashboard URL, if it runs one.
         capacity: a local Ray's resources (it cannot grow), to refuse tasks it can never run.
+        started_with: the ``ray start`` flags of each start-time option a local Ray was started
+            with (``num_cpus`` always), by option: an engine that joins it may only repeat them.
     """
 
     address: str | None
@@ -92,6 +103,7 @@ class Connection:
     environment: dict[str, tuple[str | None, str | None]]
     dashboard: str | None = None
     capacity: dict[str, float] | None = None
+    started_with: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     users: int = 1
 
 
@@ -105,9 +117,16 @@ def acquire(
     workers: int | None, address: str | None, init_options: Mapping[str, Any]
 ) -> Connection | None:
     """The connection for a new engine: madhatter's, joined if it has one (an ``address`` must
-    then be the one it connected to); none if the user initialised Ray themselves; else a new
-    one, to ``address`` or to a local Ray started for it."""
+    then be the one it connected to, and start-time options the ones its local Ray was started
+    with); none if the user initialised Ray themselves; else a new one, to ``address`` or to a
+    local Ray started for it (see :func:`split_options` for which options go where).
+
+    Raises:
+        EngineError: start-time options for a Ray that is running already, options the local
+            Ray cannot take, or a cluster that cannot be reached or started.
+    """
     global _connection
+    start, connect = split_options(init_options)
     with _connection_lock:
         shared = _connection
         if shared is not None:
@@ -118,14 +137,50 @@ def acquire(
                     f"and Ray connects a process to one cluster at a time; run this after it "
                     f"ends, or in another process"
                 )
+            _check_joinable(shared, start)
             shared.users += 1
             return shared
         if ray.is_initialized():
+            if start:
+                raise EngineError(
+                    f"the {listed_options(start)} cannot apply: Ray is initialised in this process "
+                    f"already (by your ray.init); give it to the ray.init that starts Ray"
+                )
             return None
-        _connection = (
-            _start_local(workers, init_options) if address is None else _connect(address, init_options)
-        )
+        if address is None:
+            _connection = _start_local(workers, start, connect)
+        else:
+            if start:
+                raise EngineError(
+                    f"the {listed_options(start)} cannot apply to the Ray cluster at {address}, which "
+                    f"runs already: give it to the cluster's `ray start` (start-time options "
+                    f"apply only to the local Ray madhatter starts, with no address)"
+                )
+            _connection = _connect(address, connect)
         return _connection
+
+
+def _check_joinable(shared: Connection, start: Mapping[str, Any]) -> None:
+    """Refuse the start-time options of an engine that joins ``shared``, unless it is a local Ray
+    started with the same (a run repeating the options of a run alive at once is fine)."""
+    if not start:
+        return
+    if shared.head is None:
+        raise EngineError(
+            f"the {listed_options(start)} cannot apply: this process is connected to the Ray cluster at "
+            f"{shared.address} for another run, and Ray connects a process to one cluster at a "
+            f"time; run this after it ends, or in another process"
+        )
+    given = start_flags(start)
+    differ = {name: start[name] for name in start if given[name] != shared.started_with.get(name)}
+    if differ:
+        flags = " ".join(flag for flags in shared.started_with.values() for flag in flags)
+        raise EngineError(
+            f"the {listed_options(differ)} cannot apply: this process runs the local Ray another run "
+            f"started (ray start {flags}), and Ray connects a process to one cluster at a time; "
+            f"give the same start-time options or none, or run this after it ends, or in "
+            f"another process"
+        )
 
 
 def release(connection: Connection) -> None:
@@ -242,20 +297,31 @@ reaches its end: when the driver closes the pipe, or dies (``ray start --block``
 processes it started)."""
 
 
-def _start_local(workers: int | None, init_options: Mapping[str, Any]) -> Connection:
-    """Start a local Ray (:class:`_LocalHead`) and connect this process to it."""
+def _start_local(
+    workers: int | None, start: Mapping[str, Any], connect: Mapping[str, Any]
+) -> Connection:
+    """Start a local Ray (:class:`_LocalHead`) with the ``start``-time options and connect this
+    process to it with the ``connect``-time ones."""
+    refused = {name: why for name, why in LOCAL_RAY_SETS.items() if name in connect}
+    if refused:
+        name, why = next(iter(refused.items()))
+        raise EngineError(
+            f"{name}={connect[name]!r}: the local Ray madhatter starts cannot take it ({why}); "
+            f"to set it, start Ray yourself (ray start --head ...) and pass address="
+        )
+    flags = local_start_flags(workers, start)
     options = {
         "logging_level": logging.WARNING,
-        **init_options,
-        "runtime_env": _workers_runtime_env(init_options.get("runtime_env")),
+        **connect,
+        "runtime_env": _workers_runtime_env(connect.get("runtime_env")),
     }
-    head = _LocalHead(workers or os.cpu_count() or 1)
+    head = _LocalHead([flag for option in flags.values() for flag in option])
     try:
         context, environment = _init(head.address, options, "the local Ray madhatter started")
     except BaseException:
         head.stop()
         raise
-    connection = Connection(None, head, environment)
+    connection = Connection(None, head, environment, started_with=flags)
     try:
         head.check_connected(context.address_info)
         connection.capacity = _largest_node()
@@ -316,42 +382,47 @@ class _LocalHead:
     reads the same variable).
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, flags: list[str]) -> None:
+        """Start it, with these ``ray start`` flags besides madhatter's own (see
+        :func:`local_start_flags`); raise :class:`EngineError` if it does not start."""
         # Under RAY_TMPDIR or /tmp, as Ray's own: short, for the unix sockets Ray makes in it
         self.folder = tempfile.mkdtemp(prefix="madhatter-ray-", dir=os.environ.get("RAY_TMPDIR", "/tmp"))
-        self.port = _free_port()
-        self.address = f"[{LOOPBACK}]:{self.port}"
-        command = [
-            sys.executable, "-c", _GUARD, "-m", "ray.scripts.scripts", "start", "--head",
-            "--block", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-            f"--num-cpus={workers}", "--include-dashboard=false", "--disable-usage-stats",
-            f"--temp-dir={self.folder}", *_client_server_flags(),
-        ]  # fmt: skip
-        environment = {"RAY_AUTH_MODE": "disabled", **_without_proxies(os.environ), **LOCAL_RAY_ENV}
-        with open(self._log, "wb") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,
-            )
+        self._process: subprocess.Popen[bytes] | None = None
         try:
-            self._wait_until_listening()
-        except BaseException:
-            self.stop()
+            self.port = _free_port()
+            self.address = f"[{LOOPBACK}]:{self.port}"
+            command = [
+                sys.executable, "-c", _GUARD, "-m", "ray.scripts.scripts", "start", "--head",
+                "--block", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.folder}",
+                *_client_server_flags(), *flags,
+            ]  # fmt: skip
+            environment = {"RAY_AUTH_MODE": "disabled", **_without_proxies(os.environ), **LOCAL_RAY_ENV}
+            with open(self._log, "wb") as log:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                    start_new_session=True,
+                )
+            self._wait_until_listening(self._process)
+        except BaseException as exc:
+            self.stop()  # and remove the folder, whatever failed
+            if isinstance(exc, OSError):  # no free port, no log file, no process
+                raise EngineError(f"the local Ray did not start: {exc}") from exc
             raise
 
     @property
     def _log(self) -> str:
         return os.path.join(self.folder, "ray-start.log")
 
-    def _wait_until_listening(self) -> None:
+    def _wait_until_listening(self, process: subprocess.Popen[bytes]) -> None:
         """Return once the head's GCS accepts connections; raise if ``ray start`` gave up."""
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 raise EngineError(f"the local Ray did not start: {self._log_tail()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -388,14 +459,16 @@ class _LocalHead:
         """Stop this Ray and remove its folder: the guard has ``ray start`` stop the processes
         it started; whatever is left in its process group after that (or after
         :data:`STOP_TIMEOUT_SECONDS`) is killed."""
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        self._process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signal.SIGKILL)
-        self._process.wait()
+        process = self._process
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

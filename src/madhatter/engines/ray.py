@@ -120,15 +120,37 @@ class RayEngine(Engine):
     """Runs tasks on a Ray cluster: a new local one, or the one at ``address``.
 
     Args:
-        workers: CPUs of a new local Ray (default: every core); ignored with an ``address``, and
-            when the engine joins the Ray another engine of this process connected.
+        workers: CPUs of a new local Ray (default: every core; ``num_cpus=`` says the same, and
+            giving both, different, is an error); ignored with an ``address``, and when the
+            engine joins the Ray another engine of this process connected.
         address: ``"auto"``, ``"host:port"`` or ``"ray://host:port"`` of a running cluster.
-        **init_options: passed on to ``ray.init`` (e.g. ``runtime_env``, ``namespace``) by the
-            engine that connects this process.
+        **init_options: options of ``ray.init``, in two kinds:
+
+            - start-time options, which set up a Ray as it starts, so only a local Ray takes
+              them (``address=None``): madhatter gives them to its ``ray start``. ``num_cpus``
+              -> ``--num-cpus``, ``num_gpus`` -> ``--num-gpus``, ``resources`` -> ``--resources``
+              (JSON), ``labels`` -> ``--labels`` (``key=value,...``), ``object_store_memory``
+              -> ``--object-store-memory``, ``_system_config`` -> ``--system-config`` (JSON),
+              and the rest of ``_ray_connection.START_FLAGS`` (``_memory``,
+              ``_plasma_directory``, ``object_spilling_directory``, ``_node_name``, ...). A dict
+              may also be given as its JSON text (``--engine-option 'resources={"a": 1}'``).
+              The dashboard's options (``include_dashboard=True``, ``dashboard_host``,
+              ``dashboard_port``, ``proxy_server_url``) are refused: the local Ray runs none. So
+              are ``_temp_dir``, ``_node_ip_address`` and ``_redis_*``, which madhatter sets
+              itself. With an ``address``, with a Ray the user initialised, or when the engine
+              joins the Ray of another engine of this process, start-time options are an
+              error (joining a local Ray, repeating the options it was started with is fine).
+            - every other option (``runtime_env``, ``namespace``, ``log_to_driver``,
+              ``job_config``, ``logging_level``, ...) goes to ``ray.init`` when this engine
+              connects the process; an engine that joins a connection there is, or a Ray the
+              user initialised, does not call ``ray.init``, and its options are not used.
+
+            An option ``ray.init`` does not take is an error, before anything starts.
 
     Raises:
         EngineError: the cluster cannot be reached or started, a node runs another madhatter or
-            Python, or this process is connected to another Ray cluster already.
+            Python, this process is connected to another Ray cluster already, or an option
+            cannot apply (see above).
     """
 
     name = "ray"
@@ -289,9 +311,6 @@ def _check_nodes() -> None:
         kit.check_runtime(where, tuple(found), remedy="on the nodes")
 
 
-# -- a local Ray -----------------------------------------------------------------------------
-
-
 # -- tasks -----------------------------------------------------------------------------------
 
 
@@ -369,8 +388,8 @@ def _check_feasible(options: Mapping[str, Any], capacity: Mapping[str, float]) -
         if amount and amount > capacity.get(name, 0.0):
             raise EngineError(
                 f"the task asks for {amount:g} {name} but the local Ray this engine started has "
-                f"{capacity.get(name, 0.0):g}; start Ray with more (workers=, or ray start "
-                f"--resources) and pass address="
+                f"{capacity.get(name, 0.0):g}; start it with more (workers=, num_gpus=, "
+                f"resources=, _memory=), or start Ray yourself and pass address="
             )
 
 
