@@ -1,25 +1,34 @@
 """The shipped conformance suite on the local engines and the fake cluster engine, and what only
 local engines can show: cheap steps run in the driver, setup once per worker, the caller's alarm.
 
+The suite also runs on engines that differ from these where a third-party engine may: one that
+hands answers back in batches, one whose ``prepare`` gives other traits than its class, and one
+that retries tasks itself (whose workers must be able to write in ``tmp_path``).
+
 The suite (``madhatter.testing.EngineConformance``) runs every chunk on the engine; the tests here
 leave ``inline`` at its default too, where the runner may keep cheap steps in the driver.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
 import signal
 import threading
 import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
 import madhatter
 from madhatter import Pipeline, depends, parallel, postprocess
-from madhatter.engines import register_engine
+from madhatter.engines import EngineTraits, Task, TaskLost, TaskResult, register_engine
+from madhatter.engines.kit import settle
+from madhatter.engines.threads import ThreadsEngine
 from madhatter.events import ChunkDone
 from madhatter.testing import EngineConformance, FakeClusterEngine, RecordingListener
 from madhatter.testing import _pipelines as p
@@ -43,6 +52,119 @@ class TestProcesses(EngineConformance):
 
 class TestFake(EngineConformance):
     engine = "fake"
+
+
+# -- the suite itself: what an engine author's engine may differ in ----------------------------
+
+
+class BatchingThreads(ThreadsEngine):
+    """The threads engine, answering as a cluster may: in batches. Each answer is held until no
+    task is left running, then all are handed over at once."""
+
+    name = "batching-threads"
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self._lock = threading.Lock()
+        self._running = 0
+        self._held: list[tuple[Future[TaskResult], Future[TaskResult]]] = []
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        answer: Future[TaskResult] = Future()
+        answer.set_running_or_notify_cancel()
+        with self._lock:
+            self._running += 1
+        super().submit(task).add_done_callback(lambda done: self._hold(done, answer))
+        return answer
+
+    def _hold(self, done: Future[TaskResult], answer: Future[TaskResult]) -> None:
+        with self._lock:
+            self._running -= 1
+            self._held.append((done, answer))
+            if self._running:
+                return
+            batch, self._held = self._held, []
+        for done, answer in batch:
+            if done.cancelled():
+                settle(answer, error=TaskLost("the task was cancelled before it started"))
+            elif (error := done.exception()) is not None:
+                settle(answer, error=error)
+            else:
+                settle(answer, done.result())
+
+
+register_engine("batching-threads", BatchingThreads)
+
+
+class TestWideBatchingThreads(EngineConformance):
+    """An engine wider than the suite's inputs (32 tasks out at once) that answers in batches:
+    the cancel test sizes its input from the run's width, so the chunks handed over together
+    when the run is cancelled are never all of them."""
+
+    engine = "batching-threads"
+    workers = 16
+
+
+class PreparedThreads(ThreadsEngine):
+    """The threads engine, whose class claims other traits than ``prepare`` gives its stages:
+    the suite must go by ``prepare``, as the runner does."""
+
+    name = "prepared-threads"
+    traits = dataclasses.replace(ThreadsEngine.traits, ships_data=True, tasks_per_worker=1)
+
+    def prepare(self, resources: Mapping[str, Any]) -> EngineTraits:
+        return ThreadsEngine.traits
+
+
+register_engine("prepared-threads", PreparedThreads)
+
+
+class TestPreparedThreads(EngineConformance):
+    engine = "prepared-threads"
+
+
+def _with_retries(function: Callable[[Any], Any], retries: int, argument: Any) -> Any:
+    for _ in range(retries):
+        try:
+            return function(argument)
+        except Exception:
+            pass  # rerun it
+    return function(argument)
+
+
+class RetryingThreads(ThreadsEngine):
+    """The threads engine, rerunning a failed task itself (``traits.retries``)."""
+
+    name = "retrying-threads"
+    traits = dataclasses.replace(ThreadsEngine.traits, retries=True)
+
+    def submit(self, task: Task) -> Future[TaskResult]:
+        function = functools.partial(_with_retries, task.function, task.retries)
+        return super().submit(dataclasses.replace(task, function=function))
+
+
+register_engine("retrying-threads", RetryingThreads)
+
+
+class RetryingSuite(EngineConformance):  # not collected: run by the test below
+    engine = "retrying-threads"
+
+
+def test_an_engine_that_retries_needs_workers_that_write_in_tmp_path(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = RetryingSuite()
+    suite._options = {"workers": 2}
+    (tmp_path / "writable").mkdir()
+    suite.test_retries_recover_a_flaky_step(tmp_path / "writable")
+
+    def read_only(path: pathlib.Path, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "touch", read_only)
+    (tmp_path / "read-only").mkdir()
+    with pytest.raises(pytest.fail.Exception, match=r"must be able to write in tmp_path"):
+        suite.test_retries_recover_a_flaky_step(tmp_path / "read-only")
 
 
 # -- cheap steps in the driver -----------------------------------------------------------------

@@ -10,7 +10,8 @@ implementations)::
 after which ``madhatter run FILE --engine slurm --engine-option partition=short`` works. Names
 resolve in this order: :func:`register_engine` (at run time), the built-in engines, entry points.
 Nothing is imported until an engine is asked for by name, so a missing extra costs nothing until
-then; :func:`require_extra` turns it into a one-line error naming the extra.
+then; :func:`require_extra` turns it into a one-line error naming the extra. A class given to
+:func:`register_engine` is kept as it is, so one defined in a function (as tests do) works too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _BUILT_IN: dict[str, str] = {
     "ray": "madhatter.engines.ray:RayEngine",
     "docker": "madhatter.engines.docker:DockerEngine",
 }
-_registered: dict[str, str] = {}
+_registered: dict[str, str | type[Engine]] = {}
+"""By :func:`register_engine`: a class as given, or a lazy ``"package.module:ClassName"``."""
 
 
 @functools.cache
@@ -47,7 +49,7 @@ def _entry_points() -> dict[str, str]:
     return {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _targets() -> dict[str, str]:
+def _targets() -> dict[str, str | type[Engine]]:
     return {**_entry_points(), **_BUILT_IN, **_registered}
 
 
@@ -57,9 +59,8 @@ def engine_names() -> tuple[str, ...]:
 
 
 def register_engine(name: str, target: str | type[Engine]) -> None:
-    """Make an engine available by name: a class, or ``"package.module:ClassName"`` (lazy)."""
-    if isinstance(target, type):
-        target = f"{target.__module__}:{target.__qualname__}"
+    """Make an engine available by name: a class (kept as it is, so a class defined inside a
+    function works too), or ``"package.module:ClassName"`` (imported when first asked for)."""
     _registered[name] = target
 
 
@@ -68,8 +69,11 @@ def engine_class(name: str) -> type[Engine]:
     target = _targets().get(name)
     if target is None:
         raise UnknownEngineError(f"no engine named {name!r}; choose one of: {', '.join(engine_names())}")
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module), attr, None)
+    else:
+        cls = target
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
         raise UnknownEngineError(f"engine {name!r} points at {target!r}, which is not an Engine class")
     return cls

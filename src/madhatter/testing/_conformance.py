@@ -16,19 +16,28 @@ Every run creates its engine by name, as ``madhatter run --engine NAME`` would, 
 shutdown is what must leave nothing running. Every chunk is sent to the engine (``inline=False``).
 
 The suite asks little of the engine: its workers import madhatter (the suite's pipelines are in
-:mod:`._pipelines`) and see ``tmp_path`` at the same path, read-only at least (the flaky-step
-tests keep a marker file there). Engines with the optional capabilities (``traits.retries``,
-``traits.keeps_output``) are held to them; engines without are held to the runner's way. Each test
-is a run or two of a few dozen items: well under a second on a local engine.
+:mod:`._pipelines`) and see ``tmp_path`` at the same path. The flaky-step tests keep a marker file
+there, which the rerun of the failing task finds. When the runner retries, the suite leaves the
+marker on the ``ChunkRetried`` event, so workers that may only read ``tmp_path`` pass; an engine
+that retries tasks itself (``traits.retries``) sends no such event, so only the failing call on
+the worker can leave the marker: that engine's workers must be able to write in ``tmp_path``.
+
+Engines with the optional capabilities (``traits.retries``, ``traits.keeps_output``) are held to
+them; engines without are held to the runner's way. The traits the suite goes by are the ones the
+runner went by: what the engine's ``prepare({})`` returned for the stages of the test's run (the
+suite's steps request no resources), seen by wrapping the class's ``prepare`` during the suite's
+own runs. Each test is a run or two of a few dozen items: well under a second on a local engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
 import pathlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -42,7 +51,7 @@ from .. import (
     TaskTimeout,
     run,
 )
-from ..engines import EngineTraits, engine_class
+from ..engines import Engine, EngineTraits, engine_class
 from ..events import (
     ChunkDone,
     ChunkRetried,
@@ -81,6 +90,7 @@ class EngineConformance:
     """The ``workers=`` of every run (ignored by engines that connect to a cluster of given size)."""
 
     _options: dict[str, Any]
+    _prepared: list[EngineTraits]
 
     @pytest.fixture
     def engine_options(self) -> dict[str, Any]:
@@ -95,16 +105,48 @@ class EngineConformance:
 
     @property
     def traits(self) -> EngineTraits:
-        return engine_class(self.engine).traits
+        """The traits the runner went by in this test's latest run: what the engine's
+        ``prepare({})`` returned for its stages (the same for each: they request no resources)."""
+        prepared: list[EngineTraits] = getattr(self, "_prepared", [])
+        assert prepared, "the engine prepared no stage: traits are known once a run has started"
+        assert all(traits == prepared[0] for traits in prepared), (
+            f"the engine's prepare({{}}) returned different traits for stages of one run: {prepared}"
+        )
+        return prepared[0]
+
+    @contextlib.contextmanager
+    def _recording_traits(self) -> Iterator[None]:
+        """Keep what the engine's ``prepare`` returns for each stage of the run inside the block
+        (in ``_prepared``): its class's ``prepare`` is wrapped for that long, then put back."""
+        cls = engine_class(self.engine)
+        own = cls.__dict__.get("prepare")  # None: inherited
+        original = inspect.getattr_static(cls, "prepare")
+        self._prepared = prepared = []
+
+        def prepare(engine: Engine, resources: Mapping[str, Any]) -> EngineTraits:
+            traits: EngineTraits = original.__get__(engine, type(engine))(resources)
+            prepared.append(traits)
+            return traits
+
+        setattr(cls, "prepare", prepare)  # noqa: B010 (mypy refuses to assign a method)
+        try:
+            yield
+        finally:
+            if own is None:
+                del cls.prepare
+            else:
+                setattr(cls, "prepare", own)  # noqa: B010
 
     def run(self, target: Any, **options: Any) -> Any:
         """``madhatter.run`` on the engine under test, every chunk sent to it."""
-        return run(target, engine=self.engine, inline=False, **self._options, **options)
+        with self._recording_traits():
+            return run(target, engine=self.engine, inline=False, **self._options, **options)
 
     def execute(self, step: Any, **options: Any) -> RunReport:
         """``Pipeline.execute`` (the whole report) of the pipeline ending in ``step``."""
         pipeline = Pipeline([step])
-        return pipeline.execute(engine=self.engine, inline=False, **self._options, **options)
+        with self._recording_traits():
+            return pipeline.execute(engine=self.engine, inline=False, **self._options, **options)
 
     def run_matches_serial(self, target: Any, **options: Any) -> Any:
         """The run's result, checked against the serial engine's, the reference."""
@@ -218,7 +260,11 @@ class EngineConformance:
 
     def test_retries_recover_a_flaky_step(self, tmp_path: pathlib.Path) -> None:
         """The engine reruns the chunk itself (``traits.retries``), or the runner does and says
-        so with a ``ChunkRetried`` event carrying the user's error."""
+        so with a ``ChunkRetried`` event carrying the user's error.
+
+        The rerun passes once a marker file exists in ``tmp_path``: the listener here leaves it
+        on ``ChunkRetried``; with an engine's own retries nothing tells the driver, so the
+        failing call leaves it, and the engine's workers must be able to write there."""
         marker = tmp_path / "failed-once"
 
         def leave_marker(event: Event) -> None:
@@ -226,9 +272,19 @@ class EngineConformance:
                 marker.touch()
 
         listener = RecordingListener()
-        result = self.run(
-            p.flaky_with_a_retry, params={"marker": str(marker)}, listeners=[leave_marker, listener]
-        )
+        try:
+            result = self.run(
+                p.flaky_with_a_retry, params={"marker": str(marker)}, listeners=[leave_marker, listener]
+            )
+        except StepFailed:
+            if self.traits.retries and not marker.exists():
+                pytest.fail(
+                    "the engine retries tasks itself (traits.retries), and its rerun failed as the "
+                    f"first call did: that call could not leave its marker {marker}. Such an "
+                    "engine's workers must be able to write in tmp_path (mount it read-write)",
+                    pytrace=False,
+                )
+            raise
         assert result == [x + 100 for x in range(p.SIZE)]
         retried: list[Any] = listener.of_type(ChunkRetried)
         if self.traits.retries:
@@ -262,16 +318,30 @@ class EngineConformance:
         assert _run_threads() == []
 
     def test_cancelling_a_run_stops_it(self) -> None:
+        """Cancelled after its first chunk, a run stops with chunks left undone. The input is
+        sized when the run starts, from its width: four times the chunks the runner keeps out
+        (the workers ``RunStarted`` reports times ``tasks_per_worker``), twelve at least, so the
+        chunks an engine of any width had under way at the cancel cannot be all of them."""
         cancel = threading.Event()
         listener = RecordingListener()
 
-        def cancel_after_the_first_chunk(event: Event) -> None:
-            if isinstance(event, ChunkDone):
+        def size_the_input_then_cancel_after_the_first_chunk(event: Event) -> None:
+            if isinstance(event, RunStarted):
+                slots = event.workers * max(traits.tasks_per_worker for traits in self._prepared)
+                p.Dawdling.items = max(12, 4 * slots)
+            elif isinstance(event, ChunkDone):
                 cancel.set()
 
-        with pytest.raises(RunCancelled, match="run cancelled"):
-            self.run(p.dawdle, cancel=cancel, listeners=[cancel_after_the_first_chunk, listener])
-        assert 0 < len(listener.of_type(ChunkDone)) < 12
+        listeners = [size_the_input_then_cancel_after_the_first_chunk, listener]
+        try:
+            with pytest.raises(RunCancelled, match="run cancelled"):
+                self.run(p.dawdle, cancel=cancel, listeners=listeners)
+            items = p.Dawdling.items
+        finally:
+            p.Dawdling.items = 12
+        (started,) = listener.of_type(RunStarted)
+        assert items == max(12, 4 * started.workers * self.traits.tasks_per_worker)  # type: ignore[attr-defined]
+        assert 0 < len(listener.of_type(ChunkDone)) < items
         assert [e.status for e in listener.of_type(RunFinished)] == ["cancelled"]  # type: ignore[attr-defined]
         assert _run_threads() == []
 

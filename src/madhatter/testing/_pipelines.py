@@ -212,9 +212,11 @@ def fragile_chunks(chunk: list[int]) -> list[int]:
 
 
 def fail_once(x: int, marker: str) -> int:
-    """Fails on item 21 until ``marker`` exists. The failing call leaves the marker where it may
-    write; the suite's listener leaves it when the runner schedules the retry (a container may
-    only read the folder)."""
+    """Fails on item 21 until ``marker`` exists. When the runner retries, the suite's listener
+    leaves the marker on the ``ChunkRetried`` event, so a worker that may only read the folder
+    (a container's) passes on the rerun. An engine that reruns the task itself (``retries``)
+    sends no event: only the failing call can leave the marker, so that engine's workers must
+    be able to write in the folder."""
     if x == 21 and not os.path.exists(marker):
         with contextlib.suppress(OSError):
             pathlib.Path(marker).touch()
@@ -270,12 +272,19 @@ def slow_first_then_fail(x: int) -> int:
             RUNNING.discard(x)
 
 
+class Dawdling:
+    """How many items ``as_many_as_asked`` yields. The source runs in the driver and is first
+    pulled after ``RunStarted``, so the cancel test sets this from the width the run reports."""
+
+    items = 12
+
+
 @preprocess
-def twelve() -> list[int]:
-    return list(range(12))
+def as_many_as_asked() -> Iterator[int]:
+    yield from range(Dawdling.items)
 
 
-@depends(twelve)
+@depends(as_many_as_asked)
 @parallel.map(chunk_by=1)
 def dawdle(x: int) -> int:
     time.sleep(0.2)
