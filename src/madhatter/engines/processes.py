@@ -221,6 +221,8 @@ class ProcessesEngine(Engine):
                 for worker in self._workers:
                     if not self._queue or len(worker.tasks) != depth or worker.dead:
                         continue
+                    if depth and len(self._queue[0].argument) > PREFETCH_MAX_BYTES:
+                        continue  # its message cannot fit either: do not pickle it to find out
                     message = self._message(worker, self._queue[0])
                     if depth and len(message) > PREFETCH_MAX_BYTES:
                         continue
