@@ -37,6 +37,12 @@ Isolate = Literal["container", "task"]
 
 SPEC_ATTRIBUTE = "__madhatter__"
 
+DECORATIONS = (SPEC_ATTRIBUTE, "n", "chunk_by", "dependency", "dependencies")
+"""Every attribute the decorators set on a function. They are listed in the function's
+``__madhatter_local__``, so that a step pickled by value leaves them behind (they reference its
+upstream functions, and through them whatever data those reach; see
+``engines/_serialize.FunctionPickler``)."""
+
 CONTAINER_ENGINE = "docker"
 """The engine of a step with container options (``image=``, ``isolate=``, ``network=``) that
 names none with ``engine=``. Naming one lets any engine that runs containers serve such steps."""
@@ -93,6 +99,7 @@ def _record(fn: F, **changes: Any) -> F:
     spec = dataclasses.replace(get_spec(fn) or StepSpec(), **changes)
     try:
         setattr(fn, SPEC_ATTRIBUTE, spec)
+        fn.__madhatter_local__ = DECORATIONS  # type: ignore[attr-defined]
     except AttributeError:
         raise TypeError(
             f"madhatter decorators apply to plain functions; {fn!r} does not take attributes "

@@ -27,17 +27,26 @@ def hold_and_measure(argument: bytes) -> int:
 def test_a_large_task_is_pickled_once_at_submit_and_once_when_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pickled: list[int] = []
-    real = processes.dumps_data
+    arguments: list[int] = []
+    messages: list[int] = []
+    real_argument, real_message = processes.shared_memory.dumps, processes.dumps_data
 
-    def counting(value: Any) -> bytes:
-        data = real(value)
-        pickled.append(len(data))
+    def counting_argument(value: Any, **options: Any) -> Any:
+        pickled = real_argument(value, **options)
+        arguments.append(len(pickled.data))
+        return pickled
+
+    def counting_message(value: Any) -> bytes:
+        data = real_message(value)
+        messages.append(len(data))
         return data
 
-    monkeypatch.setattr(processes, "dumps_data", counting)
-    payload = bytes(4 * PREFETCH_MAX_BYTES)  # too large to wait in a busy worker's pipe
+    monkeypatch.setattr(processes.shared_memory, "dumps", counting_argument)
+    monkeypatch.setattr(processes, "dumps_data", counting_message)
+    payload = bytes(4 * PREFETCH_MAX_BYTES)  # too large to wait in a busy worker's socket
     with ProcessesEngine(workers=2) as engine:
         futures = [engine.submit(Task(f"t{i}", hold_and_measure, "hold", payload)) for i in range(TASKS)]
         assert [f.result(timeout=60).value for f in futures] == [len(payload)] * TASKS
-    assert len(pickled) == 2 * TASKS, f"{len(pickled)} pickles for {TASKS} tasks"
+    # the function once (it goes through the same pickling), each argument once, each message once
+    assert len(arguments) == TASKS + 1, f"{len(arguments)} argument pickles for {TASKS} tasks"
+    assert len(messages) == TASKS, f"{len(messages)} message pickles for {TASKS} tasks"

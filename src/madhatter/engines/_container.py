@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import _shared_memory as shared_memory
 from ._base import TaskLost, TaskTimedOut
 from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import HEADER, frame
@@ -128,7 +129,8 @@ class ContainerWorker:
         except (EOFError, OSError):
             raise TaskLost(self.diagnose()) from None
         try:
-            _key, ok, value, started, seconds = loads(reply)
+            _key, ok, answer, started, seconds = loads(reply)
+            value = shared_memory.loads(answer)
         except Exception as exc:  # the container is fine; its answer cannot be read here
             error = RuntimeError(
                 f"the task's result cannot be loaded in the driver: {type(exc).__name__}: {exc}"

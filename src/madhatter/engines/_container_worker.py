@@ -51,4 +51,5 @@ def main() -> None:
         channel.write(frame(message))
         channel.flush()
 
-    serve(lambda: read_frame(requests), send)
+    # The channel cannot carry descriptors: every value travels in the pickle stream.
+    serve(lambda: (read_frame(requests), []), lambda message, _fds: send(message), shared=False)

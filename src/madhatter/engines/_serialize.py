@@ -13,6 +13,7 @@ the ones not installed as packages, travel by value.
 from __future__ import annotations
 
 import functools
+import io
 import pathlib
 import pickle
 import site
@@ -35,10 +36,43 @@ def dumps_data(value: Any) -> bytes:
         return result
 
 
-def dumps_function(function: Any) -> bytes:
-    """Pickle a function (by value where it cannot be imported by the receiver)."""
-    result: bytes = cloudpickle.dumps(function, protocol=PROTOCOL)
-    return result
+LOCAL_ATTRIBUTES = "__madhatter_local__"
+"""A function attribute naming the function's attributes that stay in the driver's process when
+the function is pickled by value (madhatter's decorators set it; see :class:`FunctionPickler`)."""
+
+
+class FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, except that a function pickled by value (defined in a script, or not
+    importable by the receiver) travels without the attributes it lists in ``__madhatter_local__``.
+
+    madhatter's decorators list theirs (``__madhatter__``, ``dependency``, ...): they reference
+    the step's upstream functions, which would travel by value too, and with them whatever their
+    globals reach: a ``@preprocess`` step of a script that returns a module-level list of arrays
+    would ship the whole list with every downstream step (issue 10 found 512 MB pickled that
+    way). Nothing on a worker reads them.
+    """
+
+    def _dynamic_function_reduce(self, func: Any) -> Any:
+        reduced = super()._dynamic_function_reduce(func)
+        local = getattr(func, LOCAL_ATTRIBUTES, None)
+        if not local:
+            return reduced
+        try:
+            make, args, (state, slots), *rest = reduced
+        except (TypeError, ValueError):  # another cloudpickle's layout: leave it as it is
+            return reduced
+        if not isinstance(state, dict):
+            return reduced
+        kept = {name: value for name, value in state.items() if name not in {*local, LOCAL_ATTRIBUTES}}
+        return (make, args, (kept, slots), *rest)
+
+
+def dumps_function(function: Any, buffer_callback: Any = None) -> bytes:
+    """Pickle a function (by value where it cannot be imported by the receiver, then without
+    madhatter's decorations: see :class:`FunctionPickler`)."""
+    stream = io.BytesIO()
+    FunctionPickler(stream, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(function)
+    return stream.getvalue()
 
 
 loads = pickle.loads
@@ -65,7 +99,9 @@ def dumps_portable(value: Any, *, function: bool) -> bytes:
                     cloudpickle.register_pickle_by_value(module)
                     added.append(module)
             try:
-                result: bytes = cloudpickle.dumps(value, protocol=PROTOCOL)
+                result = (
+                    dumps_function(value) if function else cloudpickle.dumps(value, protocol=PROTOCOL)
+                )
             finally:
                 for module in added:
                     cloudpickle.unregister_pickle_by_value(module)

@@ -14,10 +14,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _shared_memory as shared_memory
+from ._link import Link
 from ._serialize import dumps_data, loads
 
 STOP = b"stop"
@@ -33,15 +34,21 @@ def _die_with_parent() -> None:
             pass
 
 
-def _result_message(key: str, ok: bool, value: Any, started: float, seconds: float) -> bytes:
+def _result_message(
+    key: str, ok: bool, value: Any, started: float, seconds: float, shared: bool
+) -> tuple[bytes, int | None]:
+    """The answer to a task, and the shared file holding its large buffers (or ``None``)."""
     if ok:
         try:
-            return dumps_data((key, ok, value, started, seconds))
+            answer = shared_memory.dumps(value, shared=shared)
+            layout, fd = answer.share()
+            return dumps_data((key, ok, answer.message(layout), started, seconds)), fd
         except Exception as exc:
             value = TypeError(
                 f"the task's output cannot be sent back to the driver: {type(exc).__name__}: {exc}"
             )
-    return dumps_data((key, False, _portable_error(value), started, seconds))
+    error = shared_memory.Pickled(dumps_data(_portable_error(value))).message(())
+    return dumps_data((key, False, error, started, seconds)), None
 
 
 def _portable_error(error: BaseException) -> BaseException:
@@ -59,10 +66,11 @@ def _portable_error(error: BaseException) -> BaseException:
     return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def _load_function(function_bytes: bytes) -> Any:
-    """The task function; if it cannot be unpickled here, one that raises why for every task."""
+def _load_function(message: shared_memory.Message, fd: int | None) -> Any:
+    """The task function; if it cannot be unpickled here, one that raises why for every task.
+    Its shared buffers are mapped copy-on-write: every worker maps the same file."""
     try:
-        return loads(function_bytes)
+        return shared_memory.loads(message, fd, private=True)
     except Exception as exc:
         error = RuntimeError(
             f"the step's code cannot be loaded in the worker process: {type(exc).__name__}: {exc}"
@@ -74,37 +82,61 @@ def _load_function(function_bytes: bytes) -> Any:
         return unloadable
 
 
-def worker_main(conn: Connection, parent_pid: int) -> None:
-    """Serve tasks from ``conn`` until told to stop or the driver goes away."""
+def worker_main(link: Link, parent_pid: int) -> None:
+    """Serve tasks from ``link`` until told to stop or the driver goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent_pid:  # the driver died before we asked to die with it
         return
-    serve(conn.recv_bytes, conn.send_bytes)
+    serve(link.receive, link.send, shared=shared_memory.AVAILABLE)
 
 
-def serve(receive: Callable[[], bytes], send: Callable[[bytes], None]) -> None:
+Receive = Callable[[], tuple[bytes | bytearray, list[int]]]
+"""The next message and the descriptors that came with it; ``EOFError`` at the channel's end."""
+
+Send = Callable[[bytes, Sequence[int]], None]
+"""Send a message with descriptors (a channel that cannot carry any is never given some)."""
+
+
+def serve(receive: Receive, send: Send, *, shared: bool) -> None:
     """Run tasks as they arrive through ``receive`` and answer each through ``send``, until a
-    ``STOP`` message or the end of the channel. Shared by local worker processes (a pipe) and
-    container workers (the container's stdin and stdout)."""
+    ``STOP`` message or the end of the channel. Shared by local worker processes (a socket that
+    carries shared-memory files: ``shared``) and container workers (stdin and stdout)."""
     functions: dict[str, Any] = {}
     while True:
         try:
-            message = receive()
+            message, fds = receive()
         except (EOFError, OSError):
             return
         if message == STOP:
             return
-        key, function_key, function_bytes, argument_bytes = loads(message)
+        key, function_key, function_message, argument_message = loads(message)
         started, clock = time.time(), time.perf_counter()
+        function_fd, argument_fd = _descriptors_for(fds, function_message, argument_message)
         try:
-            if function_bytes is not None:
-                functions[function_key] = _load_function(function_bytes)
-            value, ok = functions[function_key](loads(argument_bytes)), True
+            if function_message is not None:
+                functions[function_key] = _load_function(function_message, function_fd)
+            argument = shared_memory.loads(argument_message, argument_fd)
+            value, ok = functions[function_key](argument), True
         except Exception as exc:
             value, ok = exc, False
-        reply = _result_message(key, ok, value, started, time.perf_counter() - clock)
+        finally:
+            for fd in fds:  # mapped by now, or not needed: the mapping keeps the pages
+                os.close(fd)
+        argument = None  # its mapping goes with the last reference to it
+        reply, reply_fd = _result_message(key, ok, value, started, time.perf_counter() - clock, shared)
+        del value
         try:
-            send(reply)
+            send(reply, [] if reply_fd is None else [reply_fd])
         except (BrokenPipeError, OSError):
             return
+        finally:
+            if reply_fd is not None:
+                os.close(reply_fd)
+
+
+def _descriptors_for(fds: list[int], *messages: shared_memory.Message | None) -> list[int | None]:
+    """Each message's shared file: descriptors come in message order, one per message that has
+    buffers outside its stream."""
+    remaining = iter(fds)
+    return [next(remaining) if message is not None and message[1] else None for message in messages]

@@ -44,6 +44,7 @@ from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
 from ._container import LABEL, RUN_LABEL, ContainerSpec, ContainerWorker
 from ._registry import require_extra
 from ._serialize import dumps_data, dumps_portable
+from ._shared_memory import in_stream
 from .kit import ShippedFunctions, settle, worker_runtime
 
 docker = require_extra("docker", extra="docker")
@@ -350,7 +351,9 @@ class DockerEngine(Engine):
         """Run ``queued`` in ``worker``: ``(container still alive, result or error)``."""
         task = queued.task
         function = None if task.function_key in worker.functions else queued.function
-        message = dumps_data((task.key, task.function_key, function, queued.argument))
+        message = dumps_data(
+            (task.key, task.function_key, in_stream(function), in_stream(queued.argument))
+        )
         try:
             ok, value, started, seconds = worker.run(message, task.timeout)
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died

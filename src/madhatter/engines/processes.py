@@ -11,6 +11,12 @@ One management thread does all the talking: it sends queued tasks to idle worker
 watches the workers' sentinels, and stops a worker whose task overran its timeout (the task's own
 ``SIGALRM`` deadline fires first; the kill is the backstop for code stuck outside Python).
 
+Large buffers (NumPy arrays and the like, of 1 MiB or more) never go through the worker's socket:
+they travel in anonymous shared-memory files whose descriptors ride along (``_shared_memory.py``,
+``_link.py``). A task's argument is written there when it is sent to a worker, not when it is
+submitted, so the copies alive at once are bounded by the tasks in flight; a stage's function, with
+any large run parameters in it, is written once and mapped by every worker.
+
 Workers start on the first task (a run whose steps all stay in the driver never starts any), by
 ``fork`` where the platform has it: forking two workers costs ~10 ms, a ``forkserver`` start ~150.
 """
@@ -18,6 +24,7 @@ Workers start on the first task (a run whose steps all stay in the driver never 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -25,11 +32,13 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
+from . import _shared_memory as shared_memory
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
-from ._serialize import dumps_data, dumps_function, loads
+from ._link import Link
+from ._serialize import dumps_data, loads
 from ._worker import STOP, worker_main
 from .kit import describe_exit
 
@@ -43,22 +52,42 @@ TASKS_PER_WORKER = 2
 for a round trip through the driver between two tasks (W1/W3 of the benchmarks)."""
 
 PREFETCH_MAX_BYTES = 32 * 1024
-"""A waiting task must fit in the pipe's buffer: a larger one would block the management thread
-until the worker, still busy, read it."""
+"""A waiting task must fit in the socket's buffer: a larger one would block the management thread
+until the worker, still busy, read it. (Large buffers do not count: they travel beside the
+message, in shared memory.)"""
 
 
 @dataclasses.dataclass
 class _Pending:
     task: Task
     future: Future[TaskResult]
-    argument: bytes
+    argument: shared_memory.Pickled
     sent: bool = False  # sent to a worker before (its future is already running)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Function:
+    """A stage's task function as every worker gets it: pickled once, its large buffers written
+    once to a shared file that each worker maps (the descriptor is closed at shutdown)."""
+
+    message: shared_memory.Message
+    fd: int | None
+
+    @classmethod
+    def pickle(cls, function: Any) -> _Function:
+        pickled = shared_memory.dumps(function, function=True)
+        layout, fd = pickled.share()
+        return cls(pickled.message(layout), fd)
+
+    @property
+    def size(self) -> int:
+        return len(self.message[0])
 
 
 @dataclasses.dataclass
 class _Worker:
     process: Any  # multiprocessing.Process (its type differs per start method)
-    conn: Connection
+    link: Link
     tasks: collections.deque[_Pending] = dataclasses.field(default_factory=collections.deque)
     started: float = 0.0  # when tasks[0] started running
     functions: set[str] = dataclasses.field(default_factory=set)
@@ -88,7 +117,7 @@ class ProcessesEngine(Engine):
         self._lock = threading.Lock()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._workers: list[_Worker] = []
-        self._functions: dict[str, bytes] = {}
+        self._functions: dict[str, _Function] = {}
         self._thread: threading.Thread | None = None
         self._wake_read, self._wake_write = -1, -1
         self._closing = False
@@ -103,10 +132,9 @@ class ProcessesEngine(Engine):
     def submit(self, task: Task) -> Future[TaskResult]:
         if self._closing:
             raise RuntimeError("the processes engine is shut down")
-        function_bytes = self._functions.get(task.function_key)
-        if function_bytes is None:
-            function_bytes = self._functions[task.function_key] = dumps_function(task.function)
-        pending = _Pending(task, Future(), dumps_data(task.argument))
+        if task.function_key not in self._functions:
+            self._functions[task.function_key] = _Function.pickle(task.function)
+        pending = _Pending(task, Future(), shared_memory.dumps(task.argument))
         with self._lock:
             self._queue.append(pending)
         if self._thread is None:
@@ -128,6 +156,10 @@ class ProcessesEngine(Engine):
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
         self._thread = None
+        for function in self._functions.values():
+            if function.fd is not None:
+                os.close(function.fd)
+        self._functions.clear()
 
     def _start(self) -> None:
         self._wake_read, self._wake_write = os.pipe()
@@ -143,7 +175,7 @@ class ProcessesEngine(Engine):
             pass
 
     def _spawn(self) -> _Worker:
-        ours, theirs = self._context.Pipe(duplex=True)
+        ours, theirs = Link.pair()
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(theirs, os.getpid()), name="madhatter-worker", daemon=True
         )
@@ -194,39 +226,38 @@ class ProcessesEngine(Engine):
         for worker in self._workers:
             waitables.append(worker.process.sentinel)
             if worker.current is not None:
-                waitables.append(worker.conn)
-        ready = wait(waitables, timeout=self._next_deadline())
+                waitables.append(worker.link)
+        ready: list[Any] = wait(waitables, timeout=self._next_deadline())
         if self._wake_read in ready:
             os.read(self._wake_read, 4096)
         for worker in list(self._workers):
-            while worker.tasks and (worker.conn in ready or worker.conn.poll()):
+            while worker.tasks and (worker.link in ready or worker.link.poll()):
                 if not self._collect(worker):
                     break
-                ready = [r for r in ready if r is not worker.conn]
+                ready = [r for r in ready if r is not worker.link]
             if worker.process.sentinel in ready or not worker.process.is_alive():
                 self._replace(worker)
         self._enforce_timeouts()
         return True
 
     def _dispatch(self) -> None:
-        """Idle workers first get a task each; then each gets one more to hold in its pipe.
+        """Idle workers first get a task each; then each gets one more to hold in its socket.
 
-        Assignments are made under the lock, messages sent after it: ``send_bytes`` to a busy
+        Assignments are made under the lock, messages built and sent after it: ``send`` to a busy
         worker must never block (it would wait for a worker that waits to answer us), so only a
-        message that fits the pipe's buffer is sent to a worker that is still busy.
+        message that fits the socket's buffer is sent to a worker that is still busy.
         """
-        sends: list[tuple[_Worker, bytes]] = []
+        sends: list[tuple[_Worker, _Pending, bool]] = []
         with self._lock:
             for depth in range(TASKS_PER_WORKER):
                 for worker in self._workers:
                     if not self._queue or len(worker.tasks) != depth or worker.dead:
                         continue
-                    if depth and len(self._queue[0].argument) > PREFETCH_MAX_BYTES:
-                        continue  # its message cannot fit either: do not pickle it to find out
-                    message = self._message(worker, self._queue[0])
-                    if depth and len(message) > PREFETCH_MAX_BYTES:
+                    pending = self._queue[0]
+                    with_function = pending.task.function_key not in worker.functions
+                    if depth and self._message_size(pending, with_function) > PREFETCH_MAX_BYTES:
                         continue
-                    pending = self._queue.popleft()
+                    self._queue.popleft()
                     if not (pending.sent or pending.future.set_running_or_notify_cancel()):
                         continue  # cancelled while queued
                     worker.functions.add(pending.task.function_key)
@@ -234,30 +265,55 @@ class ProcessesEngine(Engine):
                     worker.tasks.append(pending)
                     if len(worker.tasks) == 1:
                         worker.started = time.monotonic()
-                    sends.append((worker, message))
-        for worker, message in sends:
-            try:
-                worker.conn.send_bytes(message)
-            except OSError:
-                pass  # the worker is dead; its sentinel says so and _replace fails the task
+                    sends.append((worker, pending, with_function))
+        for worker, pending, with_function in sends:
+            self._send(worker, pending, with_function)
 
-    def _message(self, worker: _Worker, pending: _Pending) -> bytes:
+    def _message_size(self, pending: _Pending, with_function: bool) -> int:
+        function = self._functions[pending.task.function_key].size if with_function else 0
+        return len(pending.argument.data) + function
+
+    def _send(self, worker: _Worker, pending: _Pending, with_function: bool) -> None:
+        """Send an assigned task: its argument's large buffers go to a new shared file now (not
+        at submit, so only the tasks in flight hold copies), whose descriptor goes with it."""
         task = pending.task
-        function_bytes = None
-        if task.function_key not in worker.functions:
-            function_bytes = self._functions[task.function_key]
-        return dumps_data((task.key, task.function_key, function_bytes, pending.argument))
+        try:
+            layout, argument_fd = pending.argument.share()
+        except OSError as exc:  # no memory or descriptors left for the file: fail this task only
+            with self._lock:
+                worker.tasks.remove(pending)
+                worker.started = time.monotonic()
+            pending.future.set_exception(exc)
+            return
+        function = self._functions[task.function_key] if with_function else None
+        message = dumps_data(
+            (
+                task.key,
+                task.function_key,
+                None if function is None else function.message,
+                pending.argument.message(layout),
+            )
+        )
+        fds = [fd for fd in (function.fd if function else None, argument_fd) if fd is not None]
+        try:
+            worker.link.send(message, fds)
+        except OSError:
+            pass  # the worker is dead; its sentinel says so and _replace fails the task
+        finally:
+            if argument_fd is not None:
+                os.close(argument_fd)  # the worker has its own descriptor now (or never will)
 
     def _collect(self, worker: _Worker) -> bool:
         """Read the answer to the worker's running task; False if the worker died instead."""
         try:
-            message = worker.conn.recv_bytes()
+            message, fds = worker.link.receive()
         except (EOFError, OSError):
             return False  # died while answering: _replace reports it
         pending = worker.tasks.popleft()
         worker.started = time.monotonic()  # the next task, if any, starts now
         try:
-            _key, ok, value, started, seconds = loads(message)
+            _key, ok, answer, started, seconds = loads(message)
+            value = shared_memory.loads(answer, fds[0] if fds else None)
         except Exception as exc:  # e.g. an exception class whose __init__ rejects its own args
             error = RuntimeError(
                 f"the worker's answer could not be unpickled in the driver: {type(exc).__name__}: {exc}"
@@ -265,6 +321,9 @@ class ProcessesEngine(Engine):
             if not pending.future.done():
                 pending.future.set_exception(error)
             return True
+        finally:
+            for fd in fds:  # the value's buffers are mapped: the mapping keeps them
+                os.close(fd)
         if pending.future.done():
             return True
         if ok:
@@ -282,7 +341,9 @@ class ProcessesEngine(Engine):
             if worker.tasks:
                 self._fail_first(worker, TaskLost(detail))
             self._requeue(worker)
-        worker.conn.close()
+        worker.link.close()
+        with contextlib.suppress(ValueError):  # (still running: the collector closes it)
+            worker.process.close()  # its sentinel's descriptor, now rather than when collected
         with self._lock:
             index = self._workers.index(worker)
             if self._closing and (self._cancelling or not self._queue):
@@ -329,7 +390,7 @@ class ProcessesEngine(Engine):
     def _stop_workers(self) -> None:
         for worker in self._workers:
             try:
-                worker.conn.send_bytes(STOP)
+                worker.link.send(STOP)
             except OSError:
                 pass
         deadline = time.monotonic() + 2.0
@@ -338,5 +399,6 @@ class ProcessesEngine(Engine):
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            worker.conn.close()
+            worker.link.close()
+            worker.process.close()
         self._workers = []
