@@ -8,7 +8,10 @@ Two measurements, each with its contestants side by side in this one process run
    ``isolate="task"`` mode) against the same container run by hand through the Docker SDK
    (``containers.run(image, "python3 -c pass", remove=True)``, the floor any container-per-task
    tool pays), and for a warm container against a local worker process.
-2. **W1 throughput** (64 items x 50 ms of pure-Python CPU, as in ``bench_local.py``, 2 workers):
+2. **Large payloads**: a task that returns its argument, a ``bytes`` object of 1, 16 and 64 MB,
+   so the payload crosses the channel both ways: a warm container (through the Docker daemon's
+   attach stream) against a local worker process (through shared memory), in interleaved rounds.
+3. **W1 throughput** (64 items x 50 ms of pure-Python CPU, as in ``bench_local.py``, 2 workers):
    the processes engine; the docker engine warm, with a new engine per run (container start-up
    included, as ``madhatter run`` pays it) and with one engine kept across runs (as a service or a
    notebook would); and fresh containers per task. Ratios are against the processes engine.
@@ -87,6 +90,43 @@ def overhead(image: str, count: int) -> None:
     print(f"fresh container per task vs by hand: {by_hand / fresh:.2f}x (above 1: madhatter faster)")
 
 
+def echo(argument: Any) -> Any:
+    """Returns its argument: the payload crosses the channel both ways."""
+    return argument
+
+
+PAYLOAD_MB = (1, 16, 64)
+
+
+def payloads(image: str, rounds: int) -> None:
+    print(f"\n== large payloads: a bytes argument returned as it is (median of {rounds} rounds)")
+    times: dict[tuple[str, int], list[float]] = {}
+    with (
+        get_engine("docker", workers=1, image=image) as docker_engine,
+        get_engine("processes", workers=1) as processes_engine,
+    ):
+        docker_engine.prepare({})
+        engines = [("docker, warm container", docker_engine), ("processes", processes_engine)]
+        for _name, engine in engines:  # warm-up: start the container and the worker
+            engine.submit(Task("warm", echo, "echo", b"")).result()
+        for round_number in range(rounds):
+            for size in PAYLOAD_MB:
+                payload = bytes(size * 2**20)
+                for name, engine in engines:
+                    started = time.perf_counter()
+                    back = engine.submit(Task(f"p{round_number}/{size}", echo, "echo", payload)).result()
+                    times.setdefault((name, size), []).append(time.perf_counter() - started)
+                    if back.value != payload:
+                        raise AssertionError(f"{name} returned another payload")
+    print(f"{'channel':28s} {'MB':>4s} {'ms':>9s} {'MB/s both ways':>15s} {'vs processes':>13s}")
+    for size in PAYLOAD_MB:
+        reference = statistics.median(times[("processes", size)])
+        for name, _ in engines:
+            median = statistics.median(times[(name, size)])
+            rate = 2 * size / median
+            print(f"{name:28s} {size:4d} {median * 1000:9.1f} {rate:15.0f} {median / reference:12.1f}x")
+
+
 def _w1(**step: Any) -> Pipeline:
     heavy = depends(bench_local.w1_source)(parallel.map(name="w1_heavy", **step)(bench_local.w1_heavy))
     return Pipeline([bench_local.w1_source, heavy])
@@ -152,6 +192,7 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores; above 0.5 the figures are noisy)")
     bench_local.set_calibration(bench_local.calibrate())
     overhead(args.image, args.latency_count)
+    payloads(args.image, max(3, args.repeats))
     throughput(args.image, args.repeats)
 
 

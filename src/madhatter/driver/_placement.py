@@ -31,10 +31,19 @@ worth shipping: one chunk slowed by a busy machine must not decide (seen on W5 u
 class Placement:
     """The probe/inline/ship decision of one stage, and the chunk sizes that go with it."""
 
-    def __init__(self, sizer: ChunkSizer, *, probe: bool, ship_seconds: float, ships_data: bool) -> None:
+    def __init__(
+        self,
+        sizer: ChunkSizer,
+        *,
+        probe: bool,
+        ship_seconds: float,
+        ships_data: bool,
+        shares_buffers: bool = False,
+    ) -> None:
         self.mode: Mode = "probe" if probe else "ship"
         self.sizer = sizer
         self._ship_seconds, self._ships_data = ship_seconds, ships_data
+        self._shares_buffers = shares_buffers
         self._adaptive = probe  # a stage that probed keeps watching while it runs inline
         self._probe_items, self._probe_seconds = 0, 0.0  # what the probe has run so far
         self._transfer = 0.0  # pickling round trip per item, measured at the probe's end
@@ -79,7 +88,7 @@ class Placement:
         if self._probe_seconds < PROBE_SECONDS and not input_done:
             return
         if self._ships_data:
-            self._transfer = transfer_seconds_per_item(items, outputs)
+            self._transfer = transfer_seconds_per_item(items, outputs, shared=self._shares_buffers)
         per_item = self._probe_seconds / max(1, self._probe_items)
         self.sizer.per_item = per_item  # the whole probe, not the noisy first tiny batches
         if shipping_pays_off(per_item, self._transfer):

@@ -13,9 +13,12 @@ driver instead ("inline"): shipping it could only make it slower. W2 of the benc
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import time
 from typing import Any
+
+from ..engines import _shared_memory as shared_memory
 
 PROBE_SECONDS = 0.002
 """Compute time measured in the driver before deciding where a step runs (W2/W5 benchmarks: a
@@ -76,8 +79,12 @@ TRANSFER_SAMPLE_ITEMS = 1024
 items would cost W2 2 % of its run)."""
 
 
-def transfer_seconds_per_item(inputs: list[Any], outputs: list[Any]) -> float:
-    """Time to pickle and unpickle ``inputs`` and ``outputs``, per input item (from a sample)."""
+def transfer_seconds_per_item(inputs: list[Any], outputs: list[Any], *, shared: bool = False) -> float:
+    """Time to pickle and unpickle ``inputs`` and ``outputs``, per input item (from a sample).
+
+    With ``shared`` (the engine's ``shares_buffers`` trait), large buffers go the way the engine
+    sends them: written once to shared memory and mapped, not copied through the stream.
+    """
     if not inputs:
         return 0.0
     share = min(1.0, TRANSFER_SAMPLE_ITEMS / len(inputs))
@@ -86,10 +93,23 @@ def transfer_seconds_per_item(inputs: list[Any], outputs: list[Any]) -> float:
     started = time.perf_counter()
     for value in (inputs, outputs):
         try:
-            pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+            if shared:
+                _round_trip_shared(value)
+            else:
+                pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
         except Exception:  # not plain-picklable: cloudpickle will be slower still; ship anyway
             return 0.0
     return (time.perf_counter() - started) / len(inputs)
+
+
+def _round_trip_shared(value: Any) -> None:
+    pickled = shared_memory.dumps(value)
+    layout, fd = pickled.share()
+    try:
+        shared_memory.loads(pickled.message(layout), fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def shipping_pays_off(compute_per_item: float, transfer_per_item: float) -> bool:

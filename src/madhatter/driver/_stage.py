@@ -114,6 +114,7 @@ class StageRunner:
             probe=inline_allowed and not traits.runs_inline,
             ship_seconds=traits.task_seconds,
             ships_data=traits.ships_data,
+            shares_buffers=traits.shares_buffers,
         )
         self.finished = False
         self._pumping = False

@@ -114,6 +114,9 @@ class EngineTraits:
             probe, which could only decide to do the same.
         own_environment: tasks need the engine's environment (a container image with its own
             libraries), so the runner never runs them in the driver, however cheap they are.
+        shares_buffers: large buffers (NumPy arrays and the like) reach the workers through
+            shared memory, not in the pickle stream, so the runner weighs shipping them as one
+            memory copy when it decides whether a step is worth shipping.
 
     Optional capabilities (each a promise about :meth:`Engine.submit`; see docs/engines.md):
 
@@ -130,6 +133,7 @@ class EngineTraits:
     tasks_per_worker: int = 1
     runs_inline: bool = False
     own_environment: bool = False
+    shares_buffers: bool = False
     retries: bool = False
     keeps_output: bool = False
 

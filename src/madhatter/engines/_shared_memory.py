@@ -29,11 +29,9 @@ import mmap
 import os
 import pickle
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
-import cloudpickle
-
-from ._serialize import FunctionPickler, dumps_function
+from ._serialize import FunctionPickler
 
 SHARED_MIN_BYTES = 1 << 20
 """Buffers from this size on travel through shared memory (joblib's memory-mapping threshold):
@@ -108,20 +106,25 @@ def dumps(value: Any, *, function: bool = False, shared: bool = AVAILABLE) -> Pi
     """Pickle ``value`` (a task function with cloudpickle, data with the standard pickle first),
     leaving buffers of :data:`SHARED_MIN_BYTES` or more out of the stream when ``shared``.
 
-    ``bytes``-like objects cannot leave the stream by pickle's own means: when the stream came
-    out at :data:`SHARED_MIN_BYTES` or more, the value is pickled once more with those lifted out
-    (a second pass only for values that large, so small messages pay nothing).
+    ``bytes``-like objects cannot leave the stream by pickle's own means. The first pass stops as
+    soon as its stream passes :data:`SHARED_MIN_BYTES`; only then is the value pickled again with
+    those objects lifted out, so small messages pay nothing and a large one wastes at most a
+    megabyte of pickling.
     """
     if not shared:
-        return Pickled(_pickle(value, function, None))
-    buffers: list[memoryview] = []
-    data = _pickle(value, function, _out_of_band(buffers))
-    if len(data) < SHARED_MIN_BYTES:
-        return Pickled(data, buffers)
-    buffers = []
-    lifter = _Lifter(function, _out_of_band(buffers))
-    data = lifter.pickle(value)
-    return Pickled(data, buffers + lifter.views, len(lifter.views))
+        stream = io.BytesIO()
+        _dump(value, stream, function, None, None)
+        return Pickled(stream.getvalue())
+    collected = _OutOfBand()
+    capped = _CappedStream(SHARED_MIN_BYTES)
+    try:
+        _dump(value, capped, function, collected, None)
+        return Pickled(capped.getvalue(), collected.views)
+    except _StreamTooLarge:
+        pass
+    collected, lifter, stream = _OutOfBand(), _Lifter(), io.BytesIO()
+    _dump(value, stream, function, collected, lifter)
+    return Pickled(stream.getvalue(), collected.views + lifter.views, len(lifter.views))
 
 
 def loads(message: Message, fd: int | None = None, *, private: bool = False) -> Any:
@@ -138,59 +141,80 @@ def loads(message: Message, fd: int | None = None, *, private: bool = False) -> 
     return _Unlifter(data, views[:count], views[count:]).load()
 
 
-def _pickle(value: Any, function: bool, callback: Any) -> bytes:
-    if function:
-        return dumps_function(value, callback)
-    try:
-        return pickle.dumps(value, protocol=PROTOCOL, buffer_callback=callback)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        result: bytes = cloudpickle.dumps(value, protocol=PROTOCOL, buffer_callback=callback)
-        return result
+def _dump(
+    value: Any, stream: IO[bytes], function: bool, collected: _OutOfBand | None, lifter: _Lifter | None
+) -> None:
+    """Pickle ``value`` into ``stream``: a function with :class:`FunctionPickler`, data with the
+    standard pickler first (fast for plain data) and that one for what the standard one refuses."""
+    bases: list[type[pickle.Pickler]] = (
+        [FunctionPickler] if function else [pickle.Pickler, FunctionPickler]
+    )
+    for attempt, base in enumerate(bases):
+        cls = base if lifter is None else lifter.pickler_class(base)
+        try:
+            cls(stream, protocol=PROTOCOL, buffer_callback=collected).dump(value)
+            return
+        except (pickle.PicklingError, TypeError, AttributeError):
+            if attempt == len(bases) - 1:
+                raise
+            stream.seek(0)
+            stream.truncate()
+            for part in (collected, lifter):
+                if part is not None:
+                    part.views.clear()
 
 
-def _out_of_band(buffers: list[memoryview]) -> Any:
-    """pickle's ``buffer_callback``: keep buffers of the threshold's size or more out of the
-    stream (collected in ``buffers``); smaller or non-contiguous ones stay in it."""
+class _OutOfBand:
+    """pickle's ``buffer_callback``: keeps buffers of the threshold's size or more out of the
+    stream (in :attr:`views`); smaller or non-contiguous ones stay in it."""
 
-    def keep(buffer: pickle.PickleBuffer) -> bool:
+    def __init__(self) -> None:
+        self.views: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
         try:
             view = buffer.raw()
         except BufferError:  # not contiguous: pickle copies it into the stream
             return True
         if view.nbytes < SHARED_MIN_BYTES:
             return True
-        buffers.append(view)
+        self.views.append(view)
         return False
 
-    return keep
+
+class _StreamTooLarge(Exception):
+    """The first pass's stream passed the threshold: pickle again, lifting bytes-like objects."""
+
+
+class _CappedStream(io.BytesIO):
+    """A stream that refuses to grow past ``limit`` bytes (the pickler writes it frame by frame,
+    and a large ``bytes`` object in one call, before copying it anywhere)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+
+    def write(self, data: Any) -> int:
+        if self.tell() + memoryview(data).nbytes > self._limit:
+            raise _StreamTooLarge
+        return super().write(data)
 
 
 class _Lifter:
-    """A pickler that also lifts ``bytes``, ``bytearray`` and ``memoryview`` objects of the
-    threshold's size out of the stream, as persistent references to shared buffers."""
+    """Lifts ``bytes``, ``bytearray`` and ``memoryview`` objects of the threshold's size out of
+    the stream (into :attr:`views`), as persistent references to shared buffers."""
 
-    def __init__(self, function: bool, callback: Any) -> None:
+    def __init__(self) -> None:
         self.views: list[memoryview] = []
-        self._function, self._callback = function, callback
 
-    def pickle(self, value: Any) -> bytes:
-        stream = io.BytesIO()
-        base = FunctionPickler if self._function else pickle.Pickler
-        lifter = self
+    def pickler_class(self, base: type[pickle.Pickler]) -> type[pickle.Pickler]:
+        lift = self.lift
 
-        class Pickler(base):  # type: ignore[misc, valid-type]
+        class LiftingPickler(base):  # type: ignore[misc, valid-type]
             def persistent_id(self, obj: Any) -> Any:
-                return lifter.lift(obj)
+                return lift(obj)
 
-        try:
-            Pickler(stream, protocol=PROTOCOL, buffer_callback=self._callback).dump(value)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            if self._function:
-                raise
-            self._function = True  # what plain pickle refuses, cloudpickle may take
-            self.views = []
-            return self.pickle(value)
-        return stream.getvalue()
+        return LiftingPickler
 
     def lift(self, obj: Any) -> Any:
         kind = type(obj)

@@ -107,7 +107,12 @@ class ProcessesEngine(Engine):
     """Runs tasks in local worker processes (default: one per CPU core)."""
 
     name = "processes"
-    traits = EngineTraits(ships_data=True, task_seconds=0.05, tasks_per_worker=TASKS_PER_WORKER)
+    traits = EngineTraits(
+        ships_data=True,
+        task_seconds=0.05,
+        tasks_per_worker=TASKS_PER_WORKER,
+        shares_buffers=shared_memory.AVAILABLE,
+    )
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None) -> None:
         self._size = workers or os.cpu_count() or 1
