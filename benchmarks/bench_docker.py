@@ -9,8 +9,9 @@ Two measurements, each with its contestants side by side in this one process run
    (``containers.run(image, "python3 -c pass", remove=True)``, the floor any container-per-task
    tool pays), and for a warm container against a local worker process.
 2. **Large payloads**: a task that returns its argument, a ``bytes`` object of 1, 16 and 64 MB,
-   so the payload crosses the channel both ways: a warm container (through the Docker daemon's
-   attach stream) against a local worker process (through shared memory), in interleaved rounds.
+   so the payload crosses the channel both ways: a warm container over its link socket with
+   shared memory (the default with a local daemon), the same through the Docker daemon's attach
+   stream (``share_memory=False``), and a local worker process, in interleaved rounds.
 3. **W1 throughput** (64 items x 50 ms of pure-Python CPU, as in ``bench_local.py``, 2 workers):
    the processes engine; the docker engine warm, with a new engine per run (container start-up
    included, as ``madhatter run`` pays it) and with one engine kept across runs (as a service or a
@@ -103,10 +104,16 @@ def payloads(image: str, rounds: int) -> None:
     times: dict[tuple[str, int], list[float]] = {}
     with (
         get_engine("docker", workers=1, image=image) as docker_engine,
+        get_engine("docker", workers=1, image=image, share_memory=False) as attached_engine,
         get_engine("processes", workers=1) as processes_engine,
     ):
         docker_engine.prepare({})
-        engines = [("docker, warm container", docker_engine), ("processes", processes_engine)]
+        attached_engine.prepare({})
+        engines = [
+            ("docker, linked (default)", docker_engine),
+            ("docker, attach stream", attached_engine),
+            ("processes", processes_engine),
+        ]
         for _name, engine in engines:  # warm-up: start the container and the worker
             engine.submit(Task("warm", echo, "echo", b"")).result()
         for round_number in range(rounds):

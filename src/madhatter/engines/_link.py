@@ -93,9 +93,10 @@ class Link:
             received += chunk
         return buffer
 
-    def poll(self) -> bool:
-        """Whether a message (or the end of the link) is waiting to be read."""
-        readable, _, _ = select.select([self._socket], [], [], 0)
+    def poll(self, timeout: float | None = 0) -> bool:
+        """Whether a message (or the end of the link) is waiting to be read, waiting up to
+        ``timeout`` seconds for one (``None``: as long as it takes)."""
+        readable, _, _ = select.select([self._socket], [], [], timeout)
         return bool(readable)
 
 

@@ -20,7 +20,8 @@ import site
 import sys
 import sysconfig
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import cloudpickle
 
@@ -82,14 +83,30 @@ _by_value_lock = threading.Lock()
 
 def dumps_portable(value: Any, *, function: bool) -> bytes:
     """Pickle ``value`` (with :func:`dumps_function` or :func:`dumps_data`) for a process that
-    cannot import the driver's own code: modules it references that are not installed packages
-    (the user's script, a test module, a helper next to them) are pickled by value, and so are
-    the local modules those reference in turn."""
-    blob = dumps_function(value) if function else dumps_data(value)
+    cannot import the driver's own code (see :func:`pickle_portable`)."""
+
+    def once(by_value: bool) -> bytes:
+        return dumps_function(value) if function or by_value else dumps_data(value)
+
+    return pickle_portable(once, lambda blob: blob)
+
+
+Pickled = TypeVar("Pickled")
+
+
+def pickle_portable(once: Callable[[bool], Pickled], stream: Callable[[Pickled], bytes]) -> Pickled:
+    """Pickle something for a process that cannot import the driver's own code: modules it
+    references that are not installed packages (the user's script, a test module, a helper next
+    to them) are pickled by value, and so are the local modules those reference in turn.
+
+    ``once(by_value)`` pickles it (with cloudpickle when ``by_value``, which honours the modules
+    registered here) and ``stream(result)`` is the pickle stream to look for module names in.
+    """
+    result = once(False)
     candidates = _local_modules()
-    wanted = {name for name in candidates if name.encode() in blob}
+    wanted = {name for name in candidates if name.encode() in stream(result)}
     if not wanted:
-        return blob
+        return result
     with _by_value_lock:
         while True:  # by value, a module's code may name further local modules: repeat
             added = []
@@ -99,13 +116,11 @@ def dumps_portable(value: Any, *, function: bool) -> bytes:
                     cloudpickle.register_pickle_by_value(module)
                     added.append(module)
             try:
-                result = (
-                    dumps_function(value) if function else cloudpickle.dumps(value, protocol=PROTOCOL)
-                )
+                result = once(True)
             finally:
                 for module in added:
                     cloudpickle.unregister_pickle_by_value(module)
-            more = {name for name in candidates if name.encode() in result} - wanted
+            more = {name for name in candidates if name.encode() in stream(result)} - wanted
             if not more:
                 return result
             wanted |= more

@@ -7,7 +7,8 @@ and ``memoryview`` objects. The sender writes them once into an anonymous shared
 (``memfd_create``), whose descriptor travels next to the message (``_link.py``); the receiver
 maps the file and unpickles with those buffers, so an array comes to life in the shared pages
 instead of being copied out of a pipe. A ``bytes`` object must own its memory and is copied once
-out of the mapping; arrays and memoryviews are not copied at all.
+out of the mapping (a ``memoryview`` arrives as ``bytes``, as cloudpickle always sends it);
+arrays, and ``pickle.PickleBuffer`` objects, which arrive as memoryviews, are not copied at all.
 
 Why an anonymous file and not a named segment in ``/dev/shm`` (``multiprocessing.shared_memory``,
 joblib's memory maps)? It has no name that anything could forget to unlink: the kernel frees it
@@ -224,7 +225,7 @@ class _Lifter:
         if not view.c_contiguous or view.nbytes < SHARED_MIN_BYTES:
             return None
         self.views.append(view.cast("B"))
-        return len(self.views) - 1, kind.__name__, view.format, view.shape
+        return len(self.views) - 1, kind is bytearray
 
 
 class _Unlifter(pickle.Unpickler):
@@ -235,13 +236,9 @@ class _Unlifter(pickle.Unpickler):
         self._lifted = lifted
 
     def persistent_load(self, pid: Any) -> Any:
-        index, kind, format, shape = pid
-        view = self._lifted[index]
-        if kind == "bytes":
-            return bytes(view)  # a bytes object owns its memory: one copy, out of the mapping
-        if kind == "bytearray":
-            return bytearray(view)
-        return view.cast(format, shape) if (format, tuple(shape)) != ("B", (view.nbytes,)) else view
+        index, is_bytearray = pid
+        view = self._lifted[index]  # copied once out of the mapping: these types own their memory
+        return bytearray(view) if is_bytearray else bytes(view)
 
 
 def _map(fd: int, layout: Layout, private: bool) -> list[memoryview]:

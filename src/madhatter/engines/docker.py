@@ -32,7 +32,9 @@ import collections
 import dataclasses
 import os
 import queue
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,10 +42,11 @@ from concurrent.futures import Future
 from typing import Any
 
 from .._errors import EngineError
+from . import _shared_memory as shared_memory
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult
 from ._container import LABEL, RUN_LABEL, ContainerSpec, ContainerWorker
 from ._registry import require_extra
-from ._serialize import dumps_data, dumps_portable
+from ._serialize import dumps_data, dumps_portable, pickle_portable
 from ._shared_memory import in_stream
 from .kit import ShippedFunctions, settle, worker_runtime
 
@@ -71,7 +74,7 @@ class _QueuedTask:
     spec: ContainerSpec
     reusable: bool
     function: bytes  # pickled by value where the container cannot import it
-    argument: bytes
+    argument: shared_memory.Pickled  # its large buffers go to shared memory when linked
     future: Future[TaskResult] = dataclasses.field(default_factory=Future)
 
 
@@ -99,6 +102,9 @@ class DockerEngine(Engine):
         mounts: host paths every container sees, read-only at the same path (for steps that
             read files by path; nothing else of the host is visible).
         base_url: the Docker daemon (default: ``DOCKER_HOST``, else the local socket).
+        share_memory: with a daemon on this machine (a Unix-socket ``base_url``), tasks travel
+            over a bind-mounted Unix socket, large buffers in shared memory (see
+            ``_container.py``); ``False`` sends everything through the daemon's attach stream.
     """
 
     name = "docker"
@@ -118,6 +124,7 @@ class DockerEngine(Engine):
         python: str = "python3",
         mounts: Sequence[str] = (),
         base_url: str | None = None,
+        share_memory: bool = True,
     ) -> None:
         self._size = workers or os.cpu_count() or 1
         self._defaults: dict[str, Any] = {
@@ -151,6 +158,10 @@ class DockerEngine(Engine):
         self._ready: set[tuple[str, str]] = set()  # (image, python) checked by this engine
         self._closing = False
         self._cancelling = False
+        self._link_dir: str | None = None
+        if share_memory and shared_memory.AVAILABLE and _daemon_is_local(self._client):
+            self._link_dir = tempfile.mkdtemp(prefix="madhatter-docker-")
+            os.chmod(self._link_dir, 0o711)  # enterable by a container's user, not listable
 
     @property
     def workers(self) -> int:
@@ -256,7 +267,7 @@ class DockerEngine(Engine):
         spec, reusable = self._spec_of({**self._defaults, **task.resources})
         self._check_runtime(spec)  # cached: a dict look-up after the first task of an image
         function = self._functions.handle(task)
-        argument = dumps_portable(task.argument, function=False)
+        argument = _portable_argument(task.argument, shared=self._link_dir is not None)
         queued = _QueuedTask(task, spec, reusable, function, argument)
         queued.future.set_running_or_notify_cancel()
         with self._lock:
@@ -315,7 +326,7 @@ class DockerEngine(Engine):
         """
         assert queued is not None
         try:
-            worker = ContainerWorker(self._client, slot.spec, self._labels)
+            worker = ContainerWorker(self._client, slot.spec, self._labels, self._link_dir)
         except Exception as exc:
             self._release(slot)
             lost = TaskLost(f"could not start a container ({slot.spec.describe()}): {exc}")
@@ -351,13 +362,18 @@ class DockerEngine(Engine):
         """Run ``queued`` in ``worker``: ``(container still alive, result or error)``."""
         task = queued.task
         function = None if task.function_key in worker.functions else queued.function
+        argument = queued.argument
+        layout, fd = argument.share() if worker.link is not None else ((), None)
         message = dumps_data(
-            (task.key, task.function_key, in_stream(function), in_stream(queued.argument))
+            (task.key, task.function_key, in_stream(function), argument.message(layout))
         )
         try:
-            ok, value, started, seconds = worker.run(message, task.timeout)
+            ok, value, started, seconds = worker.run(message, task.timeout, [] if fd is None else [fd])
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died
             return False, exc
+        finally:
+            if fd is not None:
+                os.close(fd)
         worker.functions.add(task.function_key)
         if ok:
             return True, TaskResult(value, f"container-{worker.name}", started, seconds)
@@ -404,6 +420,8 @@ class DockerEngine(Engine):
             self._remove_leftovers()
         finally:
             self._client.close()
+            if self._link_dir is not None:
+                shutil.rmtree(self._link_dir, ignore_errors=True)
 
     def _idle(self) -> bool:
         return not self._pending and not any(slot.busy for slot in self._slots)
@@ -420,6 +438,22 @@ class DockerEngine(Engine):
                     pass
         except docker.errors.DockerException:
             pass
+
+
+def _daemon_is_local(client: Any) -> bool:
+    """Whether the daemon is reached through a Unix socket, so it runs on this machine and can
+    bind-mount a socket of ours into a container."""
+    return str(client.api.base_url) == "http+docker://localhost"
+
+
+def _portable_argument(argument: Any, *, shared: bool) -> shared_memory.Pickled:
+    """A task's argument pickled for a container (see ``pickle_portable``), its large buffers out
+    of the stream if ``shared``."""
+
+    def once(by_value: bool) -> shared_memory.Pickled:
+        return shared_memory.dumps(argument, function=by_value, shared=shared)
+
+    return pickle_portable(once, lambda pickled: pickled.data)
 
 
 def _dumps_function(function: Any) -> bytes:
