@@ -24,6 +24,9 @@ from collections.abc import Sequence
 HEADER = struct.Struct("=QI")
 """Payload length in bytes and the number of descriptors that came with the message."""
 
+SMALL_MESSAGE_BYTES = 64 * 1024
+"""Up to this size, header and payload are joined and sent with one call (the copy costs less)."""
+
 MAX_FDS = 16
 """At most this many descriptors travel with one message (a task needs two: function, argument)."""
 
@@ -52,6 +55,9 @@ class Link:
         """Send ``payload`` with duplicates of ``fds`` (the caller keeps and closes its own).
         Raises ``OSError`` (``BrokenPipeError``) if the other end is gone."""
         header = HEADER.pack(len(payload), len(fds))
+        if not fds and len(payload) <= SMALL_MESSAGE_BYTES:
+            self._socket.sendall(header + payload)  # one system call: most messages are small
+            return
         if fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
             sent = self._socket.sendmsg([header], ancillary)
