@@ -34,6 +34,16 @@ def _die_with_parent() -> None:
             pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, another user's (a reused pid)
+        return True
+    return os.getppid() != 1  # reparented to init: whoever forked us is gone
+
+
 def _result_message(
     key: str, ok: bool, value: Any, started: float, seconds: float, shared: bool
 ) -> tuple[bytes, int | None]:
@@ -82,11 +92,11 @@ def _load_function(message: shared_memory.Message, fd: int | None) -> Any:
         return unloadable
 
 
-def worker_main(link: Link, parent_pid: int) -> None:
+def worker_main(link: Link, driver_pid: int) -> None:
     """Serve tasks from ``link`` until told to stop or the driver goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    if os.getppid() != parent_pid:  # the driver died before we asked to die with it
+    _die_with_parent()  # our parent: the driver, or the fork server that ends with it
+    if not _alive(driver_pid):  # the driver died before we asked to die with our parent
         return
     serve(link.receive, link.send, shared=shared_memory.AVAILABLE)
 
