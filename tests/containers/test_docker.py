@@ -6,6 +6,7 @@ out by itself that the containers cannot import it, and ship its steps by value.
 
 from __future__ import annotations
 
+import glob
 import inspect
 import io
 import os
@@ -447,6 +448,8 @@ def test_prune_removes_what_a_killed_driver_left(
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.communicate(timeout=30)
+    link_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"madhatter-docker-{driver.pid}-*"))
+    assert len(link_dirs) == 1  # the killed driver's socket directory
     # Their stdin closed with the driver: the containers stop by themselves (once the task
     # they run returns), but only prune removes them.
     assert len(madhatter_containers()) == 2
@@ -459,6 +462,7 @@ def test_prune_removes_what_a_killed_driver_left(
     )
     assert "removed 2 container(s)" in pruned.stdout
     assert madhatter_containers() == []
+    assert not os.path.exists(link_dirs[0])
 
 
 # -- the run's engine options reach steps that name the engine ---------------------------------

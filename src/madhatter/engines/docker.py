@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import os
 import queue
 import shutil
@@ -61,6 +62,9 @@ decorator's own ``image=``, ``cpus=``, ``memory=``, ``network=``, ``isolate=``).
 
 FRESH_CONTAINER_TASK_SECONDS = 5.0
 """The automatic chunk length for ``isolate="task"`` steps: ten times a container's start-up."""
+
+LINK_DIR_PREFIX = "madhatter-docker-"
+"""Link directories are ``$TMPDIR/madhatter-docker-<driver pid>-<random>`` (see ``prune``)."""
 
 _checked_runtimes: dict[tuple[str, str], str] = {}
 """(image id, python command) -> its Python's major.minor, checked once per driver process."""
@@ -160,7 +164,7 @@ class DockerEngine(Engine):
         self._cancelling = False
         self._link_dir: str | None = None
         if share_memory and shared_memory.AVAILABLE and _daemon_is_local(self._client):
-            self._link_dir = tempfile.mkdtemp(prefix="madhatter-docker-")
+            self._link_dir = tempfile.mkdtemp(prefix=f"{LINK_DIR_PREFIX}{os.getpid()}-")
             os.chmod(self._link_dir, 0o711)  # enterable by a container's user, not listable
 
     @property
@@ -477,7 +481,9 @@ def _stop_quietly(worker: ContainerWorker) -> None:
 def prune(*, include_running: bool = False, base_url: str | None = None) -> list[str]:
     """Remove containers that madhatter's docker engine left behind (a driver that crashed or was
     killed cannot clean up). Stopped ones by default; with ``include_running``, every madhatter
-    container on the daemon, which stops runs in progress. Returns the removed containers' ids."""
+    container on the daemon, which stops runs in progress. Returns the removed containers' ids.
+    Also removes the link directories of drivers that are no longer running."""
+    _remove_dead_link_dirs()
     client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
     removed = []
     try:
@@ -492,3 +498,21 @@ def prune(*, include_running: bool = False, base_url: str | None = None) -> list
     finally:
         client.close()
     return removed
+
+
+def _remove_dead_link_dirs() -> None:
+    """Remove link directories whose driver (the pid in their name) is gone."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{LINK_DIR_PREFIX}*")):
+        pid = os.path.basename(path)[len(LINK_DIR_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
