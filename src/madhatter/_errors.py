@@ -83,12 +83,23 @@ class StepFailed(RunError):
     """A step's function raised on one chunk.
 
     ``__cause__`` holds the user's own exception when it could be carried back from the worker;
-    ``remote_traceback`` always holds the worker's traceback as text.
+    ``remote_traceback`` always holds the worker's traceback as text; ``preview`` shows the chunk.
+    For a per-item step (``@parallel.map``, ``@parallel.filter``), ``item`` is the position of
+    the item that raised in the chunk's input to that step and ``item_preview`` its short repr;
+    otherwise both are ``None``.
     """
 
-    def __init__(self, step: str, chunk: int, preview: str, remote_traceback: str) -> None:
-        super().__init__(step, chunk, preview, remote_traceback)
-        self.step, self.chunk = step, chunk
+    def __init__(
+        self,
+        step: str,
+        chunk: int,
+        preview: str,
+        remote_traceback: str,
+        item: int | None = None,
+        item_preview: str | None = None,
+    ) -> None:
+        super().__init__(step, chunk, preview, remote_traceback, item, item_preview)
+        self.step, self.chunk, self.item, self.item_preview = step, chunk, item, item_preview
         self.preview, self.remote_traceback = preview, remote_traceback
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -102,8 +113,11 @@ class StepFailed(RunError):
         return lines[-1].strip() if lines else first_line(self)
 
     def __str__(self) -> str:
+        where = f"chunk {self.chunk} (input {self.preview})"
+        if self.item is not None:
+            where += f", at item {self.item}: {self.item_preview}"
         return (
-            f"step {self.step!r} failed on chunk {self.chunk} (input {self.preview})\n"
+            f"step {self.step!r} failed on {where}\n"
             f"traceback from the worker:\n{self.remote_traceback.rstrip()}"
         )
 

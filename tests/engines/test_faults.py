@@ -176,7 +176,7 @@ def test_step_failed_carries_the_cause_and_the_remote_traceback() -> None:
     assert f'{__file__}", line {raise_line}, in boom' in error.remote_traceback
     assert "ValueError: cannot handle 7" in error.remote_traceback
     assert "_chain.py" not in error.remote_traceback  # only the user's frames
-    assert str(error).startswith("step 'boom' failed on chunk 2 (input [6, 7, 8])\n")
+    assert str(error).startswith("step 'boom' failed on chunk 2 (input [6, 7, 8]), at item 1: 7\n")
 
 
 AWKWARD_SCRIPT = """

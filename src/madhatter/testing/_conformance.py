@@ -226,6 +226,7 @@ class EngineConformance:
             self.run(p.boom)
         error = caught.value
         assert (error.step, error.chunk, error.preview) == ("boom", 2, "[6, 7, 8]")
+        assert (error.item, error.item_preview) == (1, "7")  # the item that raised
         message = "'item 7' does not appear to be an IPv4 or IPv6 address"
         assert f"ValueError: {message}" in error.remote_traceback
         assert ", in ip_address" in error.remote_traceback  # a frame of the worker's own
