@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from service_helpers import Workers, free_port
+from service_helpers import Server, Workers, free_port
 
 from madhatter.service import Store, open_store
 
@@ -107,6 +107,25 @@ def workers(tmp_path: pathlib.Path) -> Iterator[Workers]:
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture
+def servers(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
+    """``servers(*serve_args, port=None)``: a real ``madhatter serve`` started (and answering),
+    stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(*args: str, port: int | None = None) -> Server:
+        server = Server(list(args), port or free_port(), tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -9,6 +10,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
+from typing import Any
 
 
 def free_port() -> int:
@@ -98,6 +101,17 @@ class Server:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    """Run a ``madhatter`` client command (``submit``, ``runs``, ``status``) against ``url``."""
+    command = [sys.executable, "-m", "madhatter", *args, "--url", url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
 
 
 # Pipelines the tests write to files for real `serve` and `worker` processes to load.

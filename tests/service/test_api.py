@@ -166,6 +166,50 @@ def test_the_openapi_schema_documents_the_api(client: Any) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_schema_describes_each_pipelines_parameters_and_every_answer(client: Any) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["components"]["schemas"]["SubmitRun"]
+    assert body["discriminator"]["propertyName"] == "pipeline"
+    (ref,) = [variant["$ref"] for variant in body["oneOf"]]
+    counting = schema["components"]["schemas"][ref.rpartition("/")[2]]
+    assert counting["properties"]["pipeline"]["enum"] == ["counting"]
+    params = counting["properties"]["params"]
+    assert params["additionalProperties"] is False
+    assert set(params["properties"]) == {"n", "label", "factor", "loud"}
+    operations = [
+        (path, method, operation)
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    ]
+    for path, method, operation in operations:
+        if "{" in path or (path, method) == ("/api/runs", "post"):
+            assert "404" in operation["responses"], (method, path)
+    submit = schema["paths"]["/api/runs"]["post"]["responses"]
+    assert {"201", "400", "404", "413", "422"} <= set(submit)
+    assert submit["201"]["links"]["GetRun"]["operationId"] == "get_run"
+
+
+def test_a_refused_method_names_every_method_the_path_serves(client: Any) -> None:
+    for method, path, allowed in [
+        ("OPTIONS", "/api/runs", "GET, POST"),
+        ("PUT", "/api/runs", "GET, POST"),
+        ("DELETE", "/api/runs/abc", "GET"),
+        ("GET", "/api/runs/abc/cancel", "POST"),
+    ]:
+        answer = client.request(method, path)
+        assert (answer.status_code, answer.headers["allow"]) == (405, allowed), (method, path)
+
+
+def test_a_token_is_declared_in_the_schema_when_one_is_set(
+    sqlite_store: Store, registry: Registry
+) -> None:
+    with make_client(sqlite_store, registry, token="t0ken") as secured:
+        schema = secured.get("/openapi.json", headers={"authorization": "Bearer t0ken"}).json()
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert schema["security"] == [{"token": []}]
+    assert "401" in schema["paths"]["/api/runs"]["get"]["responses"]
+
+
 def _finish_as_a_worker(store: Store, run_id: str, result: bytes) -> None:
     lease = store.lease("test-worker")
     assert lease is not None

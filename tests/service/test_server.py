@@ -5,52 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import pathlib
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import urllib.request
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from service_helpers import GATED, TRIVIAL, Server, Workers, write_pipeline
-
-from conftest import free_port
+from service_helpers import GATED, TRIVIAL, Server, Workers, cli, free_port, get_json, write_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def servers(tmp_path: pathlib.Path) -> Iterator[Callable[..., Server]]:
-    started: list[Server] = []
-
-    def start(*args: str, port: int | None = None) -> Server:
-        server = Server(list(args), port or free_port(), tmp_path / f"server-{len(started)}.log")
-        started.append(server)
-        server.start()
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.stop()
-
-
-def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "madhatter", *args, "--url", url]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.load(answer)
 
 
 def test_one_command_serves_and_works_and_the_cli_talks_to_it(

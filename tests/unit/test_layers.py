@@ -93,7 +93,7 @@ def test_nothing_under_the_surface_imports_the_package_itself() -> None:
 
 def test_the_check_sees_a_name_imported_from_the_package_itself() -> None:
     assert "madhatter" in _imports(PACKAGE / "testing" / "_conformance.py")  # from .. import Pipeline
-    assert "_params" in _imports(PACKAGE / "service" / "_registry.py")  # from .. import _params
+    assert "events" in _imports(PACKAGE / "cli" / "_progress.py")  # from .. import events
 
 
 def test_the_check_sees_imports() -> None:

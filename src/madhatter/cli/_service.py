@@ -48,7 +48,8 @@ def add_service_commands(commands: Any) -> None:
         "worker",
         help="execute queued runs",
         description="Take runs off the store's queue and execute them. Without PIPELINE arguments, "
-        "loads the pipelines that `madhatter serve` registered in the store.",
+        "runs the pipelines that `madhatter serve` registered in the store, and those it registers "
+        "later (started first, it waits for them).",
     )
     worker.add_argument("targets", nargs="*", metavar="PIPELINE", help="[NAME=]FILE_OR_MODULE to run")
     worker.add_argument("--broker", metavar="URL", help=BROKER_HELP)
@@ -112,32 +113,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from ..service import (
-        Registry,
-        Worker,
-        follow_serve,
-        open_store,
-        recorded_targets,
-        store_url,
-        work,
-    )
+    from ..service import Registry, Worker, follow_serve, store_url, work
 
     if not follow_serve():
         return 0  # started by a serve that is gone already
-    url, targets = store_url(args.broker), args.targets
-    if not targets:
-        with open_store(url) as store:
-            targets = recorded_targets(store)
-    if not targets:
-        print(
-            "madhatter: no pipelines: give PIPELINE files or modules, or start `madhatter serve "
-            "PIPELINE...` on this store first",
-            file=sys.stderr,
-        )
-        return 2
     worker = Worker(
-        url,
-        Registry.load(targets),
+        store_url(args.broker),
+        Registry.load(args.targets),
         name=args.name,
         concurrency=args.concurrency,
         engine=args.engine,
@@ -145,6 +127,7 @@ def worker_command(args: argparse.Namespace) -> int:
         engine_options=engine_options(args),
         lease_seconds=args.lease,
         poll_seconds=args.poll,
+        follow=not args.targets,  # serve's pipelines, those it records later included
     )
     work(worker)
     return 0

@@ -22,11 +22,13 @@ The layers behind it, each a module with one job::
     _redis.py      RedisStore: ``redis://host:port/db``, atomic Lua scripts (needs ``redis``)
     _stores.py     open_store(url): the one module that knows every back end
     _registry.py   the pipelines a service may run, and validation of run parameters
+    _param_schema.py  a run parameter's JSON Schema, and the check that accepts exactly that
     _results.py    encoding a run's result (JSON when it round-trips, else a pickle) and its preview
     _progress.py   what a run's page shows: the core's per-step progress, a timeline, the log
     _worker.py     Worker: leases runs, executes them on an engine, heartbeats, honours cancel
     _processes.py  serve() and work(): the two long-running processes, and how they stop together
     _app.py        the FastAPI app: JSON API (OpenAPI at /docs), pages, server-sent events
+    _openapi.py    the OpenAPI schema completed: each pipeline's parameters, the token
     _auth.py       tokens (constant-time), CSRF for form posts
     _client.py     Client: the JSON API over urllib, for ``submit``, ``runs`` and ``status``
 

@@ -30,6 +30,9 @@ from fastapi.exceptions import HTTPException  # noqa: E402
 from fastapi.responses import StreamingResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body accepted (413 beyond, in ``_app``): parameters are small; results never go up."""
+
 STREAM_POLL_SECONDS = 0.25
 """How often the event stream looks for new events (the store is polled; see docs/service.md)."""
 
@@ -62,6 +65,12 @@ class SubmitRun(BaseModel):
     pipeline: str = Field(min_length=1, max_length=200)
     params: dict[str, Scalar] = Field(default_factory=dict)
     submitted_by: str = Field(default="", max_length=100)
+
+
+class Problem(BaseModel):
+    """Why a request was refused (every 4xx but 422, whose ``detail`` lists each bad field)."""
+
+    detail: str
 
 
 class FailureOut(BaseModel):
@@ -102,6 +111,40 @@ class RunsPage(BaseModel):
 class EventsPage(BaseModel):
     events: list[dict[str, Any]]
     next: int = Field(description="pass as `after` to get the events that follow")
+
+
+Responses = dict[int | str, dict[str, Any]]
+"""Extra answers of a route, as FastAPI's ``responses=`` takes them."""
+NO_RUN: Responses = {404: {"model": Problem, "description": "no run with this id"}}
+NO_PIPELINE: Responses = {
+    404: {"model": Problem, "description": "no pipeline of this name is registered"}
+}
+RUN_LINKS: dict[str, Any] = {
+    link: {"operationId": operation, "parameters": {"run_id": "$response.body#/id"}}
+    for link, operation in [
+        ("GetRun", "get_run"),
+        ("GetRunEvents", "get_run_events"),
+        ("StreamRun", "stream_run"),
+        ("CancelRun", "cancel_run"),
+        ("RerunRun", "rerun_run"),
+        ("GetRunResult", "get_run_result"),
+    ]
+}
+"""How a client (or schemathesis's stateful phase) goes from a created run to what it can do."""
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "One server-sent event of the stream: `madhatter` (a progress event, with its "
+    "cursor as `id`), `progress` (a snapshot of the run's steps) or `end` (the run's final status); "
+    "`data` is JSON.",
+    "properties": {
+        "event": {"type": "string", "enum": ["madhatter", "progress", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+    },
+    "required": ["event", "data"],
+}
+"""What each event of ``GET /api/runs/{run_id}/stream`` looks like (as schemathesis checks it)."""
+QUEUED: Responses = {201: {"description": "the run, queued", "links": RUN_LINKS}}
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -152,27 +195,57 @@ def api_router(service: Service) -> APIRouter:
     """The ``/api`` routes over ``service``."""
     router = APIRouter()
 
-    @router.get("/api/pipelines", response_model=list[PipelineOut], tags=["pipelines"])
+    @router.get(
+        "/api/pipelines",
+        response_model=list[PipelineOut],
+        tags=["pipelines"],
+        operation_id="list_pipelines",
+    )
     def list_pipelines() -> list[dict[str, Any]]:
         """Every registered pipeline, with its steps and run parameters."""
         return [service.pipeline_out(name) for name in service.registry.names()]
 
-    @router.get("/api/pipelines/{name}", response_model=PipelineOut, tags=["pipelines"])
+    @router.get(
+        "/api/pipelines/{name}",
+        response_model=PipelineOut,
+        tags=["pipelines"],
+        operation_id="get_pipeline",
+        responses=NO_PIPELINE,
+    )
     def get_pipeline(name: str) -> dict[str, Any]:
         """One registered pipeline."""
         return service.pipeline_out(name)
 
-    @router.get("/api/pipelines/{name}/graph.svg", tags=["pipelines"], response_class=Response)
+    @router.get(
+        "/api/pipelines/{name}/graph.svg",
+        tags=["pipelines"],
+        operation_id="get_pipeline_graph",
+        response_class=Response,
+        responses={200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}}}, **NO_PIPELINE},
+    )
     def pipeline_graph(name: str) -> Response:
         """The pipeline's DAG as a standalone SVG picture."""
         return Response(render_svg(service.registry.get(name).graph), media_type="image/svg+xml")
 
-    @router.post("/api/runs", status_code=201, response_model=RunOut, tags=["runs"])
+    @router.post(
+        "/api/runs",
+        status_code=201,
+        response_model=RunOut,
+        tags=["runs"],
+        operation_id="submit_run",
+        responses={
+            **QUEUED,
+            400: {"model": Problem, "description": "the body is not JSON text"},
+            **NO_PIPELINE,
+            413: {"model": Problem, "description": f"the body is over {MAX_BODY_BYTES} bytes"},
+        },
+    )
     def submit_run(body: SubmitRun) -> dict[str, Any]:
-        """Queue a run. 404 for an unknown pipeline; 422 naming each bad parameter."""
+        """Queue a run. 404 for an unknown pipeline; 422 naming each bad parameter. The schema
+        of the body describes each registered pipeline's parameters."""
         return service.run_out(service.submit(body.pipeline, dict(body.params), body.submitted_by))
 
-    @router.get("/api/runs", response_model=RunsPage, tags=["runs"])
+    @router.get("/api/runs", response_model=RunsPage, tags=["runs"], operation_id="list_runs")
     def list_runs(
         pipeline: Annotated[str | None, Query(max_length=200)] = None,
         status: StatusName | None = None,
@@ -191,12 +264,24 @@ def api_router(service: Service) -> APIRouter:
             "limit": limit,
         }
 
-    @router.get("/api/runs/{run_id}", response_model=RunOut, tags=["runs"])
+    @router.get(
+        "/api/runs/{run_id}",
+        response_model=RunOut,
+        tags=["runs"],
+        operation_id="get_run",
+        responses=NO_RUN,
+    )
     def get_run(run_id: str) -> dict[str, Any]:
         """One run's record; 404 if there is no such run."""
         return service.run_out(service.found(run_id))
 
-    @router.get("/api/runs/{run_id}/events", response_model=EventsPage, tags=["runs"])
+    @router.get(
+        "/api/runs/{run_id}/events",
+        response_model=EventsPage,
+        tags=["runs"],
+        operation_id="get_run_events",
+        responses=NO_RUN,
+    )
     def get_events(run_id: str, after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> dict[str, Any]:
         """The run's progress events after cursor ``after`` (0: from the start)."""
         service.found(run_id)
@@ -206,8 +291,9 @@ def api_router(service: Service) -> APIRouter:
     @router.get(
         "/api/runs/{run_id}/stream",
         tags=["runs"],
+        operation_id="stream_run",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}, **NO_RUN},
     )
     async def stream_run(run_id: str, request: Request) -> StreamingResponse:
         """Server-sent events: each progress event (``madhatter``), a ``progress`` snapshot
@@ -221,7 +307,13 @@ def api_router(service: Service) -> APIRouter:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @router.post("/api/runs/{run_id}/cancel", response_model=RunOut, tags=["runs"])
+    @router.post(
+        "/api/runs/{run_id}/cancel",
+        response_model=RunOut,
+        tags=["runs"],
+        operation_id="cancel_run",
+        responses=NO_RUN,
+    )
     def cancel_run(run_id: str) -> dict[str, Any]:
         """Cancel a run: a queued one at once, a running one at its worker's next heartbeat."""
         service.found(run_id)
@@ -229,7 +321,14 @@ def api_router(service: Service) -> APIRouter:
         assert record is not None
         return service.run_out(record)
 
-    @router.post("/api/runs/{run_id}/rerun", status_code=201, response_model=RunOut, tags=["runs"])
+    @router.post(
+        "/api/runs/{run_id}/rerun",
+        status_code=201,
+        response_model=RunOut,
+        tags=["runs"],
+        operation_id="rerun_run",
+        responses={**QUEUED, **NO_RUN},
+    )
     def rerun(run_id: str) -> dict[str, Any]:
         """Queue a new run of the same pipeline with the same parameters."""
         record = service.found(run_id)
@@ -238,10 +337,16 @@ def api_router(service: Service) -> APIRouter:
     @router.get(
         "/api/runs/{run_id}/result",
         tags=["runs"],
+        operation_id="get_run_result",
         responses={
-            200: {"content": {"application/json": {}, "application/octet-stream": {}}},
-            404: {"description": "no such run"},
-            409: {"description": "the run has no result (not finished, or it failed)"},
+            200: {
+                "content": {
+                    "application/json": {},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }
+            },
+            **NO_RUN,
+            409: {"model": Problem, "description": "the run has no result (not finished, or it failed)"},
         },
     )
     def get_result(run_id: str) -> Response:

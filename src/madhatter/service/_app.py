@@ -8,7 +8,9 @@ a request carries is imported, executed or unpickled.
 
 This module assembles the app and does what applies to every request: the token check (when one
 is set), bodies over :data:`MAX_BODY_BYTES` refused with 413, and errors answered as JSON for the
-API (plain text for pages). CSS and script are served from the package, never fetched elsewhere.
+API (plain text for pages), a 405 with an ``Allow`` naming every method its path serves. The
+OpenAPI schema is completed in ``_openapi``. CSS and script are served from the package, never
+fetched elsewhere.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from .._version import __version__
 from . import _auth
-from ._api import Service, api_router
+from ._api import MAX_BODY_BYTES, Service, api_router
 from ._extras import require_web
+from ._openapi import install_schema
 from ._pages import pages_router
 from ._registry import InvalidParams, Registry, UnknownPipelineError
 from ._store import Store
@@ -32,10 +35,10 @@ from fastapi import FastAPI, Request, Response  # noqa: E402  (after the check n
 from fastapi.exceptions import HTTPException, RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Match  # noqa: E402
 
 STATIC = pathlib.Path(__file__).parent / "static"
-MAX_BODY_BYTES = 64 * 1024
-"""Largest request body accepted (413 beyond): parameters are small; results never go up."""
 
 
 class _BodyLimit:
@@ -124,14 +127,31 @@ def create_app(store: Store, registry: Registry, *, token_digest: str | None = N
             error.pop("input", None)  # never echo a request back (it could be large, or a secret)
         return JSONResponse({"detail": errors}, 422)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)  # the router's 404 and 405, and ours
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request))
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
-            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-        return PlainTextResponse(str(exc.detail), exc.status_code)
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=headers)
+        return PlainTextResponse(str(exc.detail), exc.status_code, headers=headers)
 
+    install_schema(app, registry, token_required=token_digest is not None)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     return app
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method the app routes at the request's path. Starlette's 405 names only the methods
+    of the first route matching the path, and ``/api/runs`` has two routes (GET and POST)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def _presented_token_ok(request: Request, token_digest: str) -> bool:

@@ -103,15 +103,26 @@ def _start_worker(url: str, engine: str, options: Mapping[str, Any]) -> subproce
 
 def work(worker: Worker, *, announce: Announce = _to_stderr) -> None:
     """Run ``worker`` in this process until SIGTERM or Ctrl-C, which stop the runs in hand and
-    give them back to the queue. Installs signal handlers, so it runs in the main thread (a
-    process that :func:`serve` started calls :func:`follow_serve` first, so it also stops, the
-    same way, when serve's does).
+    give them back to the queue. A worker that follows the store loads what ``serve`` recorded
+    first, and says so, or that it waits for ``serve`` to register some. Installs signal
+    handlers, so it runs in the main thread (a process that :func:`serve` started calls
+    :func:`follow_serve` first, so it also stops, the same way, when serve's does).
     """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    worker.announce = announce
+    worker.learn(quiet=True)  # a worker that follows the store: what serve recorded so far
     names = ", ".join(worker.registry.names())
-    announce(f"worker {worker.name} running {names} on {worker.engine} (store {worker.store_url})")
+    where = f"on {worker.engine} (store {worker.store_url})"
+    if not names:
+        announce(
+            f"worker {worker.name} waiting {where}: no pipelines are registered on this store yet; "
+            "it runs those that `madhatter serve PIPELINE...` registers"
+        )
+    else:
+        later = ", and those serve registers later" if worker.follow else ""
+        announce(f"worker {worker.name} running {names}{later} {where}")
     worker.serve(stop)
 
 

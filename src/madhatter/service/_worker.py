@@ -12,6 +12,11 @@ of every run in flight a few times per lease period. The heartbeat's answer driv
 Progress events go to the store in small batches (every :data:`FLUSH_SECONDS`, and at the end), so
 the web page follows a run live without a write per chunk. A worker asked to stop (SIGTERM, Ctrl-C)
 stops its runs and gives them back to the queue, for another worker to start again.
+
+A worker started without pipelines of its own *follows* the store: it loads the pipelines ``serve``
+recorded there, when it starts (there may be none yet: it waits), every :data:`FOLLOW_SECONDS` while
+idle, and at once when it leases a run of a pipeline it does not know. So workers and ``serve`` start
+in any order, and a worker learns the pipelines of a ``serve`` restarted with more.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import RunCancelled, RunError, StepFailed, first_line
@@ -41,7 +46,7 @@ from ._records import (
     Outcome,
     RunRecord,
 )
-from ._registry import Registry
+from ._registry import Registry, recorded_targets
 from ._store import DEFAULT_LEASE_SECONDS, Store
 from ._stores import open_store
 
@@ -49,6 +54,8 @@ logger = logging.getLogger("madhatter.service")
 
 FLUSH_SECONDS = 0.25
 """Most time a progress event waits in the worker before it reaches the store."""
+FOLLOW_SECONDS = 1.0
+"""How often an idle worker that follows the store looks for pipelines ``serve`` registered since."""
 MAX_HEARTBEAT_SECONDS = 1.0
 """Heartbeats come three times per lease, and at least this often: it bounds how long a cancel
 takes to reach a running run."""
@@ -130,6 +137,10 @@ class Worker:
         engine, workers, engine_options: where and how wide each run executes.
         lease_seconds: a lease's length; a worker dead this long loses its runs to others.
         poll_seconds: how long an idle slot waits before asking the queue again.
+        follow: also run the pipelines ``serve`` records in the store, now and later (see the
+            module docstring); for a worker started without pipelines of its own.
+        announce: where the worker says which pipelines it learned, or could not load (by default
+            the ``madhatter.service`` logger; :func:`work` points it at its own ``announce``).
     """
 
     def __init__(
@@ -144,6 +155,8 @@ class Worker:
         engine_options: Mapping[str, Any] | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         poll_seconds: float = 0.1,
+        follow: bool = False,
+        announce: Callable[[str], None] = logger.info,
     ) -> None:
         self.store_url = store_url
         self.registry = registry
@@ -152,8 +165,39 @@ class Worker:
         self.engine, self.workers = engine, workers
         self.engine_options = dict(engine_options or {})
         self.lease_seconds, self.poll_seconds = lease_seconds, poll_seconds
+        self.follow, self.announce = follow, announce
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
+        self._learning = threading.Lock()
+        self._learned_at = -FOLLOW_SECONDS
+        self._recorded: list[str] | None = None
+
+    def learn(self, store: Store | None = None, *, now: bool = True, quiet: bool = False) -> list[str]:
+        """For a worker that follows the store: load the pipelines ``serve`` recorded that this
+        worker does not have yet, and say so (unless ``quiet``: failures are said anyway); returns
+        their names. With ``now=False``, only if :data:`FOLLOW_SECONDS` have passed since the last
+        look and the recorded list changed (an idle slot's check). A no-op for a worker with
+        pipelines of its own."""
+        if not self.follow:
+            return []
+        with self._learning:  # one slot at a time; the others find the work done
+            if not now and time.monotonic() - self._learned_at < FOLLOW_SECONDS:
+                return []
+            self._learned_at = time.monotonic()
+            if store is None:
+                with open_store(self.store_url) as opened:
+                    recorded = recorded_targets(opened)
+            else:
+                recorded = recorded_targets(store)
+            if recorded == self._recorded and not now:
+                return []  # nothing new recorded; failed targets are retried when a run needs them
+            self._recorded = recorded
+            added, failed = self.registry.extend(recorded)
+        for name, why in failed.items():
+            self.announce(f"worker {self.name} cannot load pipeline {name!r} recorded by serve: {why}")
+        if added and not quiet:
+            self.announce(f"worker {self.name} now also runs {', '.join(added)} (registered by serve)")
+        return added
 
     def serve(self, stop: threading.Event) -> None:
         """Execute runs until ``stop`` is set; then stop the runs in flight and requeue them."""
@@ -184,6 +228,7 @@ class Worker:
                 try:
                     lease = store.lease(name, lease_seconds=self.lease_seconds)
                     if lease is None:
+                        self.learn(store, now=False)  # idle: pipelines serve registered since
                         store.wait_for_work(self.poll_seconds)
                         continue
                 except Exception:
@@ -209,7 +254,7 @@ class Worker:
         handler = _RunLogHandler(sink)
         logging.getLogger().addHandler(handler)
         try:
-            outcome = self._run(run, active, sink)
+            outcome = self._run(store, run, active, sink)
         finally:
             logging.getLogger().removeHandler(handler)
             with self._lock:
@@ -229,8 +274,10 @@ class Worker:
         if not store.finish(run.id, lease.token, outcome):
             logger.warning("run %s: lease lost before it could finish; result dropped", run.id)
 
-    def _run(self, run: RunRecord, active: _Active, sink: _EventSink) -> Outcome:
+    def _run(self, store: Store, run: RunRecord, active: _Active, sink: _EventSink) -> Outcome:
         try:
+            if run.pipeline not in self.registry:
+                self.learn(store)  # a pipeline serve registered after this worker last looked
             pipeline = self.registry.get(run.pipeline)
             report = pipeline.execute(
                 engine=self.engine,
