@@ -113,3 +113,96 @@ def test_workers_with_another_madhatter_or_python_are_refused() -> None:
         madhatter.EngineError, match=r"tcp://127.0.0.1:2 runs madhatter 0.0.1 on Python 3.9"
     ):
         engine._check_workers()
+
+
+# -- data by reference: what Dask itself sees of madhatter's tasks ------------------------------
+
+
+class TaskSpy(distributed.WorkerPlugin):
+    """Records, on each worker, what Dask holds for madhatter's tasks: the argument of each task
+    as it starts (the types of the elements of its first argument, or of that argument itself),
+    and each result as it is stored (its type, and for a kept output that of the output)."""
+
+    name = "madhatter-task-spy"
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+        worker.madhatter_spy = []
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if not str(key).startswith("madhatter-"):
+            return
+        if finish == "executing":
+            first = self.worker.state.tasks[key].run_spec.args[0]
+            shape = [type(e).__name__ for e in first] if type(first) is tuple else type(first).__name__
+            self.worker.madhatter_spy.append(("argument", str(key), shape))
+        elif finish == "memory":
+            value = self.worker.data[key]
+            kept = type(value.value[1]).__name__ if type(value.value) is tuple else None
+            self.worker.madhatter_spy.append(("result", str(key), (type(value).__name__, kept)))
+
+
+@pytest.fixture
+def spied(dask_cluster: Any) -> Any:
+    """A client on the module's cluster with :class:`TaskSpy` on every worker; yields a function
+    that returns every record of the workers, and unregisters the plugin after."""
+    with distributed.Client(dask_cluster.address, set_as_default=False) as client:
+        client.register_plugin(TaskSpy())
+
+        def records() -> list[tuple[str, str, Any]]:
+            found = client.run(lambda dask_worker: list(dask_worker.madhatter_spy))
+            return [record for worker in found.values() for record in worker]
+
+        yield records
+        client.unregister_worker_plugin(TaskSpy.name)
+
+
+@preprocess
+def words() -> list[str]:
+    return [f"word{i}" for i in range(60)]
+
+
+@depends(words)
+@parallel.map(chunk_by=20)
+def shout(word: str) -> str:
+    return word.upper()
+
+
+@depends(shout)
+@parallel.map(chunk_by=20)
+def exclaim(word: str) -> str:
+    return word + "!"
+
+
+TWO_STEPS = madhatter.Pipeline([words, shout, exclaim])
+
+
+def test_a_chunk_reaches_dask_as_one_pickled_object(spied: Any, dask_cluster: Any) -> None:
+    """Dask walks lists and tuples of a task's arguments item by item (and its scheduler rebuilds
+    them): a chunk goes as the driver's pickle of it, one ``bytes`` object."""
+    result = madhatter.run(shout, engine="dask", address=dask_cluster.address, inline=False)
+    assert result == [f"WORD{i}" for i in range(60)]
+    arguments = [shape for kind, _, shape in spied() if kind == "argument"]
+    assert arguments == [["bytes", "bytes"]] * 3  # (chunk index, items) of each of 3 chunks
+
+
+def test_output_kept_on_the_cluster_is_one_boxed_object(spied: Any, dask_cluster: Any) -> None:
+    """Unfused, the first step's outputs stay on the cluster, boxed (Dask moves a list item by
+    item), with one small task per chunk picking out the summary for the driver: two Dask tasks
+    per kept chunk, one per chunk whose output comes back."""
+    result = TWO_STEPS.run(engine="dask", address=dask_cluster.address, inline=False, fuse=False)
+    assert result == [f"WORD{i}!" for i in range(60)]
+    records = spied()
+    kept = sorted(key for kind, key, shape in records if kind == "result" and shape[1] == "_Box")
+    assert [key.split("/")[1:] for key in kept] == [["shout", str(i), "0"] for i in range(3)]
+    keys = {key for _, key, _ in records}
+    assert len(keys) == 3 * 2 + 3
+    later = [shape for kind, key, shape in records if kind == "argument" and "/exclaim/" in key]
+    assert later == ["Tuple"] * 3  # Dask's node for a tuple holding a reference: the kept output
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_the_output_is_the_processes_engines(dask_cluster: Any, fuse: bool) -> None:
+    expected = TWO_STEPS.run(engine="processes", workers=2, inline=False, fuse=fuse)
+    found = TWO_STEPS.run(engine="dask", address=dask_cluster.address, inline=False, fuse=fuse)
+    assert found == expected

@@ -88,6 +88,7 @@ def test_a_kept_output_feeds_a_later_task_and_never_reaches_the_driver(
     assert isinstance(remote, Remote)
     assert isinstance(remote.handle, ray.ObjectRef)
     assert remote.count == 10  # counted on the worker, came back with the summary
+    assert isinstance(ray.get(remote.handle), bytes)  # boxed: one object for Ray, pickled once
 
     summed = engine.submit(Task("t/sum/0/0", sum_traced, "t/sum", ("label", remote))).result(60)
     label, total, worker_pid = summed.value

@@ -17,8 +17,9 @@ alone. On connecting, the engine checks that every node runs the driver's madhat
 (major.minor). Disconnecting puts back what ``ray.init`` changed in ``os.environ``.
 
 Results kept on the cluster (the ``keeps_output`` trait): a task with ``keep_output`` returns two
-objects, its small summary, which comes back to the driver, and its output, which stays in Ray's
-object store behind a :class:`~._base.Remote`. A later task given that ``Remote`` gets the output
+objects, its small summary, which comes back to the driver, and its output, pickled on the worker
+as one ``bytes`` object (boxed, as on Dask), which stays in Ray's object store behind a
+:class:`~._base.Remote`. A later task given that ``Remote`` gets the output
 on its worker: Ray resolves only object refs passed as top-level arguments of a remote call, so
 each ``Remote`` of a task's argument tuple is passed as an extra argument and put back in place on
 the worker. (By default Ray hands outputs under 100 KiB, its ``max_direct_call_object_size``, to
@@ -49,7 +50,7 @@ from . import kit
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
 from ._ray_connection import acquire, release
 from ._registry import require_extra
-from ._serialize import dumps_function
+from ._serialize import dumps_data, dumps_function, loads
 
 ray = require_extra("ray", extra="ray")
 
@@ -87,15 +88,19 @@ def _run_task(
     ``argument`` holds a :class:`_Slot` where the driver's argument held a ``Remote``; ``outputs``
     are those values, resolved by Ray. With ``keep_output`` the function returns ``(summary,
     output)`` and this returns two objects (``num_returns=2``): the result with ``(summary,
-    len(output))``, which goes back to the driver, and ``output``, which stays in the cluster.
+    len(output))``, which goes back to the driver, and ``output``, which stays in the cluster,
+    boxed: pickled here, with the standard pickle, as one ``bytes`` object. Ray's own serialiser
+    (cloudpickle, whose per-object hook runs for every item of a list) would pickle a list of
+    thousands of items several times slower, and again on every worker that reads it; bytes it
+    copies as they are.
     """
     function = kit.load_function(function_key, function_bytes)
     if outputs:
-        argument = tuple(outputs[e.index] if isinstance(e, _Slot) else e for e in argument)
+        argument = tuple(loads(outputs[e.index]) if isinstance(e, _Slot) else e for e in argument)
     result = kit.timed_call(function, argument, _worker())
     if keep_output:
         summary, output = result.value
-        return dataclasses.replace(result, value=(summary, len(output))), output
+        return dataclasses.replace(result, value=(summary, len(output))), dumps_data(output)
     return result
 
 
