@@ -136,7 +136,9 @@ def test_a_large_run_parameter_is_mapped_by_every_worker_from_one_file() -> None
 
 
 def shm_names() -> set[str]:
-    return set(os.listdir("/dev/shm"))
+    """The shared-memory segments in /dev/shm; POSIX semaphores (``sem.*``, which other processes'
+    multiprocessing locks make and remove as they run) are not segments and are left out."""
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
 
 
 def open_descriptors() -> int:
