@@ -123,13 +123,32 @@ class StepFailed(RunError):
 
 
 class WorkerLost(RunError):
-    """The worker process that ran a chunk died (a crash, ``os._exit``, or the OOM killer)."""
+    """The worker process that ran a chunk died (a crash, ``os._exit``, or the OOM killer).
 
-    def __init__(self, step: str, chunk: int, detail: str) -> None:
-        super().__init__(step, chunk, detail)
+    When the chunk was bisected down to the item that kills its worker (see docs/guide.md,
+    "Errors and faults"), ``item`` is that item's position in the chunk and ``item_preview`` its
+    short repr; otherwise both are ``None``.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        chunk: int,
+        detail: str,
+        item: int | None = None,
+        item_preview: str | None = None,
+    ) -> None:
+        super().__init__(step, chunk, detail, item, item_preview)
         self.step, self.chunk, self.detail = step, chunk, detail
+        self.item, self.item_preview = item, item_preview
 
     def __str__(self) -> str:
+        if self.item is not None:
+            return (
+                f"the worker running step {self.step!r} chunk {self.chunk} died ({self.detail}) "
+                f"on item {self.item}: {self.item_preview}; every other item of the chunk ran "
+                f"without it (set on_error='skip' on the step to leave such items out)"
+            )
         return (
             f"the worker running step {self.step!r} chunk {self.chunk} died ({self.detail}); "
             f"set retries= on the step to retry such chunks"
@@ -137,14 +156,29 @@ class WorkerLost(RunError):
 
 
 class TaskTimeout(RunError):
-    """A chunk ran longer than its step's ``timeout``."""
+    """A chunk ran longer than its step's ``timeout``.
 
-    def __init__(self, step: str, chunk: int, timeout: float) -> None:
-        super().__init__(step, chunk, timeout)
+    As for :class:`WorkerLost`, ``item`` and ``item_preview`` name the item that alone runs past
+    the timeout, once the chunk was bisected down to it; otherwise both are ``None``.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        chunk: int,
+        timeout: float,
+        item: int | None = None,
+        item_preview: str | None = None,
+    ) -> None:
+        super().__init__(step, chunk, timeout, item, item_preview)
         self.step, self.chunk, self.timeout = step, chunk, timeout
+        self.item, self.item_preview = item, item_preview
 
     def __str__(self) -> str:
-        return f"step {self.step!r} chunk {self.chunk} ran longer than its timeout of {self.timeout}s"
+        message = f"step {self.step!r} chunk {self.chunk} ran longer than its timeout of {self.timeout}s"
+        if self.item is not None:
+            message += f", on item {self.item} alone: {self.item_preview}"
+        return message
 
 
 class RunCancelled(RunError):

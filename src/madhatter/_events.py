@@ -96,6 +96,30 @@ class ChunkRetried(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class ChunkSplit(Event):
+    """A chunk's items ``start:stop`` lost their worker or ran past the timeout (``error`` says
+    which) with no retries left, so they are run again as two halves, on the engine, to find the
+    items that fail (see docs/guide.md, "Errors and faults")."""
+
+    step: str
+    chunk: int
+    start: int
+    stop: int
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConcurrencyReduced(Event):
+    """A worker running the step was killed for lack of memory, so at most ``concurrency``
+    chunks of the step now run at once (it was ``was``)."""
+
+    step: str
+    concurrency: int
+    was: int
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ItemSkipped(Event):
     """An item failed in a step whose ``on_error="skip"``; it is left out and reported."""
 
@@ -132,6 +156,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepTotalKnown,
         ChunkDone,
         ChunkRetried,
+        ChunkSplit,
+        ConcurrencyReduced,
         ItemSkipped,
         StepFinished,
         RunFinished,

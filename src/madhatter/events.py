@@ -3,6 +3,8 @@
 from ._events import (
     ChunkDone,
     ChunkRetried,
+    ChunkSplit,
+    ConcurrencyReduced,
     Event,
     ItemSkipped,
     Listener,
@@ -17,6 +19,8 @@ from ._events import (
 __all__ = [
     "ChunkDone",
     "ChunkRetried",
+    "ChunkSplit",
+    "ConcurrencyReduced",
     "Event",
     "ItemSkipped",
     "Listener",

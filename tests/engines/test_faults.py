@@ -122,7 +122,7 @@ def source():
 @depends(source)
 @parallel.map(chunk_by=2, retries=int(sys.argv[2]))
 def crash_once(x):
-    if x == 5 and not marker.exists():
+    if x == 5 and (not marker.exists() or sys.argv[2] == "0"):  # without retries: every time
         marker.touch()
         os._exit(3)
     return x * 2
@@ -131,7 +131,7 @@ if __name__ == "__main__":
     try:
         print(madhatter.run(crash_once, engine="processes", workers=2, inline=sys.argv[3] == "1"))
     except madhatter.WorkerLost as exc:
-        print(f"WorkerLost {exc.step} {exc.chunk}")
+        print(f"WorkerLost {exc.step} {exc.chunk} {exc.item}")
 """
 
 
@@ -156,7 +156,8 @@ def test_a_crash_is_a_lost_worker_not_a_dead_driver(
     )
     assert marker.exists()
     assert done.returncode == 0, f"the driver died (exit code {done.returncode}): {done.stderr}"
-    expected = "WorkerLost crash_once 2" if retries == 0 else str([x * 2 for x in range(12)])
+    # without retries, the chunk [4, 5] is bisected down to its item 1, the 5 that kills
+    expected = "WorkerLost crash_once 2 1" if retries == 0 else str([x * 2 for x in range(12)])
     assert done.stdout.strip() == expected
 
 

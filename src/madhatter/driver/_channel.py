@@ -59,6 +59,12 @@ class Channel:
         slowest = min(chunk for chunk, _ in self._cursors)
         return self._first + len(self._chunks) - slowest
 
+    def starving(self) -> bool:
+        """Whether a reader has read everything written so far: a consumer waits on this channel
+        (while another reader, lagging, may hold it full)."""
+        end = self._first + len(self._chunks)
+        return not self.closed and any(chunk >= end for chunk, _ in self._cursors)
+
     def available(self, reader: int) -> int:
         """How many items ``reader`` could read right now."""
         chunk, offset = self._cursors[reader]

@@ -33,7 +33,9 @@ class RunContext:
 
     def __init__(self, run_id: str, emitter: Emitter, cancel: ThreadingEvent | None) -> None:
         self.run_id = run_id
-        self.relaxed = False
+        # How stalled the run is: 0 not; 1 producers a consumer waits on may outgrow their bound
+        # (one round); 2 every producer may (see ``Evaluator.drive``). Progress resets it to 0.
+        self.stall = 0
         self._emitter = emitter
         self._cancel = cancel
         self._skipped: list[SkippedItem] = []

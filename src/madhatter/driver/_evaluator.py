@@ -273,6 +273,8 @@ class Evaluator:
                 progressed = runner.pump() or progressed
             for collector in self.collectors:
                 progressed = collector.pump() or progressed
+            if progressed:
+                run.stall = 0  # the stall is over: back-pressure holds again
             if until():
                 return
             if not run.in_flight:
@@ -282,8 +284,11 @@ class Evaluator:
                 if due:
                     run.sleep(max(0.0, min(due) - time.monotonic()))
                     continue
-                if not run.relaxed:
-                    run.relaxed = True  # every producer waits on a full buffer: let them grow
+                if run.stall < 2:
+                    # Every producer waits on a full buffer (a step reads one branch whole
+                    # before another): let those a consumer waits on grow for one round, else
+                    # every one -- and only while stalled, so the memory bound holds after.
+                    run.stall += 1
                     continue
                 raise RuntimeError("madhatter internal error: the run stalled with no work to do")
             run.dispatch_completed(self._wait_seconds(), block=not progressed)
@@ -316,4 +321,6 @@ def _may_run_inline(stage: Stage) -> bool:
         or step.engine is not None
         or step.resources
         or any(s.setup is not None for s in stage.steps)
+        # a step that skips failures must survive a crash too: a worker's, not the driver's
+        or any(s.on_error == "skip" for s in stage.steps)
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import itertools
 import threading
 import time
 from concurrent.futures import Future, wait
@@ -24,17 +25,23 @@ from .._errors import RunError, StepFailed, TaskTimeout, WorkerLost, first_line
 from .._events import (
     ChunkDone,
     ChunkRetried,
+    ChunkSplit,
+    ConcurrencyReduced,
     ItemSkipped,
     StepFinished,
     StepStarted,
     StepTotalKnown,
 )
+from .._results import SkippedItem
 from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
 from ..engines.kit import timed_call
 from ..graph import Stage
+from . import _inline_watch as inline_watch
+from ._bisect import Bisection, Part, may_bisect
 from ._chain import ChainTask, KeepOutput, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
 from ._context import RunContext
+from ._memory import killed_for_memory, lowered
 from ._placement import Placement
 from ._readers import Reader
 from ._sizing import PROBE_SECONDS, ChunkSizer
@@ -62,13 +69,19 @@ def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
 
 @dataclasses.dataclass
 class Job:
-    """One chunk of a stage, as launched (``attempt`` 0 first, then 1, 2, ... for retries)."""
+    """One chunk of a stage, as launched (``attempt`` 0 first, then 1, 2, ... for retries).
+
+    A job with a ``part`` runs only the items ``start:stop`` of chunk ``index``, while the chunk
+    is bisected to find the items that kill their worker (``_bisect.py``).
+    """
 
     index: int
     items: Chunk
     attempt: int = 0
     in_driver: bool = False  # running on the driver's probe thread, not on the engine
     shipped: bool = False  # last launched on the engine (which may retry it itself)
+    part: Part | None = None  # the items start:stop of the chunk, while it is bisected
+    window: int = 0  # the stage's concurrency when it was last launched on the engine
 
     @property
     def count(self) -> int:
@@ -123,7 +136,9 @@ class StageRunner:
         self._in_flight = 0
         self._in_driver = 0
         self._buffer: dict[int, Chunk] = {}
-        self._retries: list[tuple[float, int, Job]] = []
+        self._retries: list[tuple[float, int, int, Job]] = []  # (due, index, sequence, job)
+        self._sequence = itertools.count()  # breaks ties between parts of one chunk
+        self._bisections: dict[int, Bisection] = {}
         self._input_done = False
         self._totals_known = reader.total is not None
         for position, step in enumerate(stage.steps):
@@ -150,7 +165,7 @@ class StageRunner:
         progressed = self._flush()
         now = time.monotonic()
         while self._retries and self._retries[0][0] <= now and self._has_capacity():
-            self._launch(heapq.heappop(self._retries)[2])
+            self._launch(heapq.heappop(self._retries)[-1])
             progressed = True
         while not self._input_done and self._has_capacity():
             size = self.placement.next_size()
@@ -179,28 +194,37 @@ class StageRunner:
         return self._retries[0][0] if self._retries else None
 
     def _has_capacity(self) -> bool:
+        relaxed = self._relaxed()
         if not self.placement.shipping:
-            return self.run.relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
+            return relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
         if self._in_flight >= self.window:
             return False
-        held = self._in_flight + len(self._buffer) + (0 if self.run.relaxed else self.output.pending())
+        held = self._in_flight + len(self._buffer) + (0 if relaxed else self.output.pending())
         return held < OUTSTANDING_PER_WINDOW * self.window + 1
+
+    def _relaxed(self) -> bool:
+        """Whether this stage may outgrow its output bound now: the run is stalled, and a
+        consumer waits on this stage (or, stalled still, on any)."""
+        stall = self.run.stall
+        return stall >= 2 or (stall == 1 and self.output.starving())
 
     # -- running chunks --------------------------------------------------------------------
 
     def _launch(self, job: Job) -> None:
-        if self.placement.shipping:
+        if self.placement.shipping or job.part is not None:  # a part always runs in a worker
+            part = "" if job.part is None else f".{job.part[0]}-{job.part[1]}"
             task = Task(
-                key=f"{self.run.run_id}/{self.stage.name}/{job.index}/{job.attempt}",
+                key=f"{self.run.run_id}/{self.stage.name}/{job.index}{part}/{job.attempt}",
                 function=KeepOutput(self.task) if self.keep_output else self.task,
                 function_key=f"{self.run.run_id}/{self.stage.name}",
                 argument=(job.index, job.items),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
-                retries=self.stage.first.retries if self.traits.retries else 0,
+                # a part's chunk used up its retries already: bisection is the bounded rerun
+                retries=self.stage.first.retries if self.traits.retries and not job.part else 0,
                 keep_output=self.keep_output,
             )
-            job.shipped = True
+            job.shipped, job.window = True, self.window
             try:
                 future = self.engine.submit(task)
             except Exception as exc:
@@ -217,7 +241,7 @@ class StageRunner:
             job.shipped = False
             task = Task(
                 f"{self.run.run_id}/{self.stage.name}/probe",
-                self.task,
+                inline_watch.watched(self.task, self.stage.name, job.index),
                 "",
                 (job.index, job.local_items),
             )
@@ -237,11 +261,14 @@ class StageRunner:
         else:
             job.shipped = False
             started, clock = time.time(), time.perf_counter()
+            slot = inline_watch.enter(self.stage.name, job.index)  # for madhatter run's supervisor
             try:
                 outcome = self.task((job.index, job.local_items))
             except Exception as exc:
                 self._failed(job, exc)
                 return
+            finally:
+                inline_watch.leave(slot)
             result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
         self._completed(job, result)
         outputs = result.value.outputs
@@ -297,6 +324,17 @@ class StageRunner:
                 self.run.emit(
                     ItemSkipped(self.run.run_id, item.step, item.chunk, preview(item.item), item.error)
                 )
+        self._deliver(job, outputs)
+
+    def _deliver(self, job: Job, outputs: Chunk) -> None:
+        """Pass a chunk's outputs on: in input order, or as they come; a part's only once every
+        part of its chunk is in."""
+        if job.part is not None:
+            bisection = self._bisections[job.index]
+            if not isinstance(outputs, list) or not bisection.finished_part(job.part, outputs):
+                return
+            del self._bisections[job.index]
+            outputs = bisection.outputs()
         if self.stage.first.ordered:
             self._buffer[job.index] = outputs
         else:
@@ -304,14 +342,72 @@ class StageRunner:
 
     def _failed(self, job: Job, error: BaseException) -> None:
         public = self._public_error(job, error)
+        if job.shipped and killed_for_memory(error) and self._lower_concurrency(job, public):
+            self._queue(job, 0.0)  # not an attempt: the shortage was the stage's, maybe not the chunk's
+            return
         retries = 0 if job.shipped and self.traits.retries else self.stage.first.retries
-        if job.attempt >= retries:
-            raise public from (error if public is not error else error.__cause__)
-        job.attempt += 1
-        delay = self.stage.first.retry_delay * 2 ** (job.attempt - 1)
-        heapq.heappush(self._retries, (time.monotonic() + delay, job.index, job))
-        gist = public.cause_line if isinstance(public, StepFailed) else first_line(public)
-        self.run.emit(ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, gist))
+        if job.part is None and job.attempt < retries:
+            job.attempt += 1
+            self._queue(job, self.stage.first.retry_delay * 2 ** (job.attempt - 1))
+            gist = public.cause_line if isinstance(public, StepFailed) else first_line(public)
+            self.run.emit(ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, gist))
+            return
+        if may_bisect(error) and isinstance(job.items, list) and not self.keep_output:
+            if job.count > 1:
+                self._split(job, public)
+                return
+            self._poisoned(job, error, public)
+            return
+        raise public from (error if public is not error else error.__cause__)
+
+    def _queue(self, job: Job, delay: float) -> None:
+        """Launch ``job`` again after ``delay`` seconds, when the stage has capacity."""
+        entry = (time.monotonic() + delay, job.index, next(self._sequence), job)
+        heapq.heappush(self._retries, entry)
+
+    def _lower_concurrency(self, job: Job, public: BaseException) -> bool:
+        """Run fewer chunks at once after ``job``'s worker was killed for lack of memory; whether
+        the concurrency went down (at 1 already, the chunk fails as any other)."""
+        window = lowered(self.window, job.window)
+        if job.window <= 1:
+            return False
+        if window < self.window:
+            was, self.window = self.window, window
+            self.run.emit(
+                ConcurrencyReduced(self.run.run_id, self.stage.name, window, was, first_line(public))
+            )
+        return True
+
+    def _split(self, job: Job, public: BaseException) -> None:
+        """Rerun the two halves of a failed chunk (or part) on the engine (see ``_bisect.py``)."""
+        bisection = self._bisections.get(job.index)
+        if bisection is None:
+            bisection = self._bisections[job.index] = Bisection(job.local_items)
+        start, stop = job.part or (0, job.count)
+        self.run.emit(
+            ChunkSplit(self.run.run_id, self.stage.name, job.index, start, stop, first_line(public))
+        )
+        for part in bisection.split(job.part):
+            self._queue(Job(job.index, bisection.items[part[0] : part[1]], part=part), 0.0)
+
+    def _poisoned(self, job: Job, error: BaseException, public: BaseException) -> None:
+        """One item alone kills its worker or runs past the timeout: leave it out and report it
+        (``on_error="skip"`` on every step of the stage), or fail the run naming it."""
+        item = job.local_items[0]
+        position = job.part[0] if job.part is not None else 0
+        step = self.stage.first.name
+        if isinstance(error, TaskTimedOut):
+            named: RunError = TaskTimeout(step, job.index, error.timeout, position, preview(item))
+        else:
+            detail = error.detail if isinstance(error, TaskLost) else first_line(public)
+            named = WorkerLost(step, job.index, detail, position, preview(item))
+        if not all(s.on_error == "skip" for s in self.stage.steps):
+            raise named from error
+        cause = f"{type(named).__name__}: {first_line(named)}"
+        self.run.skip((SkippedItem(step, job.index, item, cause, ""),))
+        self.run.emit(ItemSkipped(self.run.run_id, step, job.index, preview(item), cause))
+        self.run.stats(step).items_in += 1
+        self._deliver(job, [])
 
     def _public_error(self, job: Job, error: BaseException) -> BaseException:
         if isinstance(error, RunError):
