@@ -9,6 +9,7 @@ worker has been stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from ._docker import add_docker_command
 from ._graph import add_graph_command
 from ._run import add_run_command
 from ._service import add_service_commands
+from ._supervisor import supervised
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``madhatter`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run" and argv is None:  # the process is the command: supervise the driver
+        return supervised(functools.partial(_handle, args), engine=args.engine or "")
+    return _handle(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """Run the command; turn madhatter's errors and Ctrl-C into a line and an exit code."""
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
