@@ -442,13 +442,15 @@ def test_ctrl_c_stops_the_run_and_removes_every_container(
 def test_prune_removes_what_a_killed_driver_left(
     tmp_path: pathlib.Path, image: str, madhatter_containers: Any, wait_until: Any
 ) -> None:
+    pattern = os.path.join(tempfile.gettempdir(), "madhatter-docker-*")
+    before = set(glob.glob(pattern))
     driver = _start_slow_run(tmp_path, image)
     try:
         _wait_for_running(madhatter_containers, 2, wait_until)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        os.killpg(driver.pid, signal.SIGKILL)  # madhatter run's supervisor and the driver
         driver.communicate(timeout=30)
-    link_dirs = glob.glob(os.path.join(tempfile.gettempdir(), f"madhatter-docker-{driver.pid}-*"))
+    link_dirs = sorted(set(glob.glob(pattern)) - before)
     assert len(link_dirs) == 1  # the killed driver's socket directory
     # Their stdin closed with the driver: the containers stop by themselves (once the task
     # they run returns), but only prune removes them.

@@ -509,10 +509,15 @@ def _remove_dead_link_dirs() -> None:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a killed driver not yet reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): it exists
+        return True
