@@ -130,13 +130,13 @@ class TaskSpy(distributed.WorkerPlugin):
         worker.madhatter_spy = []
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if not str(key).startswith("madhatter-"):
-            return
+        if not str(key).startswith("madhatter-") or str(key).startswith("madhatter-function-"):
+            return  # not a chunk's task (a stage's function is the output of a task of its own)
         if finish == "executing":
             first = self.worker.state.tasks[key].run_spec.args[0]
             shape = [type(e).__name__ for e in first] if type(first) is tuple else type(first).__name__
             self.worker.madhatter_spy.append(("argument", str(key), shape))
-        elif finish == "memory":
+        elif finish == "memory" and start == "executing":  # computed here, not fetched
             value = self.worker.data[key]
             kept = type(value.value[1]).__name__ if type(value.value) is tuple else None
             self.worker.madhatter_spy.append(("result", str(key), (type(value).__name__, kept)))

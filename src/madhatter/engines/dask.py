@@ -2,7 +2,7 @@
 
 madhatter schedules nothing itself here: each task becomes one Dask task, and Dask's scheduler
 places it, moves its data, and reruns it elsewhere when a worker dies. The step chain a task runs
-is scattered to the workers once per stage (not pickled into every task); so are the run
+is shipped to the workers once per stage (not pickled into every task); so are the run
 parameters and ``setup=`` functions, which travel inside it.
 
 With ``address=None`` a local cluster of worker *processes* (one thread each, on 127.0.0.1) is
@@ -41,8 +41,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import uuid
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from .._errors import EngineError
@@ -60,6 +61,7 @@ from .kit import (
 )
 
 distributed = require_extra("distributed", extra="dask")
+dask = require_extra("dask", extra="dask")
 
 TASKS_PER_WORKER = 8
 """Tasks the runner keeps submitted per worker thread. A task's round trip from the driver
@@ -68,6 +70,11 @@ tasks are shorter idles unless several wait for it; the extra ones wait on the s
 queues tasks beyond its workers' threads), not on a worker. More tasks out also means bigger
 batches of submits and gathers: 20,000 one-item tasks (``bench_cluster.py``, driver CPU) cost
 the driver 1.4 ms each with 2 per worker, 0.7 ms with 8."""
+
+
+LARGE_FUNCTION_BYTES = 5 * 2**20
+"""A pickled stage function this big travels with Dask's large-graph warning silenced (it
+warns at 10 MB by default; the function is sent once per stage on purpose)."""
 
 
 class _Box:
@@ -117,6 +124,11 @@ def _run_on_worker(
         summary, output = result.value
         return dataclasses.replace(result, value=(summary, _Box(output)))
     return result
+
+
+def _function_bytes(pickled: bytes) -> bytes:
+    """A stage's pickled function, as a task's output (see :meth:`DaskEngine._scatter`)."""
+    return pickled
 
 
 def _summary(result: TaskResult) -> TaskResult:
@@ -183,15 +195,22 @@ def _group(pending: Sequence[_Pending]) -> dict[tuple[Any, ...], list[_Pending]]
 
 
 def _outcome(remote: Any, output: Any) -> tuple[TaskResult | None, BaseException | None]:
-    """A finished Dask future's answer, fetched on its own, as ``(result, error)``."""
+    """A done Dask future's answer, fetched on its own, as ``(result, error)``.
+
+    Its result may have been lost with its worker since it was done (Dask then recomputes it):
+    ``result()`` waits for the recomputed one, where ``exception()`` would return ``None`` for it
+    and the task would end with neither a result nor an error (issue 11's chaos test)."""
     if remote.status == "cancelled":
         return None, TaskLost("the task was cancelled on the Dask cluster")
-    if remote.status != "finished":
-        error = remote.exception()
-        if isinstance(error, distributed.KilledWorker):
-            error = TaskLost(f"Dask gave up on the task after its workers died: {error}")
+    try:
+        value = remote.result()
+    except CancelledError:
+        return None, TaskLost("the task was cancelled on the Dask cluster")
+    except distributed.KilledWorker as error:
+        return None, TaskLost(f"Dask gave up on the task after its workers died: {error}")
+    except Exception as error:  # the task's own error
         return None, error
-    return _answer(remote.result(), output), None
+    return _answer(value, output), None
 
 
 def _answer(result: TaskResult, output: Any) -> TaskResult:
@@ -257,8 +276,22 @@ class DaskEngine(Engine):
             check_runtime(f"Dask worker {worker}", tuple(runtime))
 
     def _scatter(self, function: Any) -> Any:
-        """Send a stage's function to every worker once: a Dask future of its pickled bytes."""
-        return self._client.scatter(dumps_function(function), broadcast=True, hash=False)
+        """Ship a stage's function once: a Dask future of its pickled bytes, which each worker
+        fetches with its first task of the stage.
+
+        The bytes are the argument of a task (the scheduler keeps them in its graph), not
+        scattered data: scattered data has no lineage, so when the workers holding it die
+        (Dask's memory manager soon keeps a single replica of a broadcast), Dask cannot get it
+        back and cancels every task that needs it (issue 11's chaos test found this). A task's
+        output is recomputed instead. Dask warns about a graph over 10 MB; a stage that carries
+        large run parameters is that big on purpose, once per stage.
+        """
+        pickled = dumps_function(function)
+        key = f"madhatter-function-{uuid.uuid4().hex}"
+        if len(pickled) < LARGE_FUNCTION_BYTES:
+            return self._client.submit(_function_bytes, pickled, pure=False, key=key)
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": 2 * len(pickled)}):
+            return self._client.submit(_function_bytes, pickled, pure=False, key=key)
 
     @property
     def workers(self) -> int:
@@ -367,9 +400,12 @@ class DaskEngine(Engine):
             except Exception:  # fetch them one by one below, to say which failed
                 fetched = {}
         for remote, item in done:
+            value = fetched.get(remote.key)
+            if value is None and remote.status in ("pending", "lost"):
+                self._await_recomputed(remote, item)
+                continue
             if item.timer is not None:
                 item.timer.cancel()
-            value = fetched.get(remote.key)
             if value is not None:
                 settle(item.result, _answer(value, item.output))
                 continue
@@ -378,6 +414,28 @@ class DaskEngine(Engine):
             except Exception as exc:  # fetching the result itself failed (the cluster went away)
                 answer, error = None, TaskLost(f"the result could not be fetched from Dask: {exc!r}")
             settle(item.result, answer, error)
+
+    def _await_recomputed(self, remote: Any, item: _Pending) -> None:
+        """A task that was done, but whose result was lost with its worker before the gatherer
+        fetched it: Dask recomputes it from its lineage. Wait for that on a thread of its own
+        (the gatherer must not block, and Dask's done callback does not wait for a lost
+        future), then hand it to the gatherer again."""
+        with self._lock:
+            if self._closing:
+                settle(item.result, error=TaskLost("the Dask engine was shut down"))
+                return
+            self._out[remote.key] = item
+
+        def wait() -> None:
+            # ``result()`` waits on the engine's own client (``distributed.wait`` would look for
+            # a default client, and there is none); an error is the gatherer's to report.
+            try:
+                remote.result()
+            except BaseException:
+                pass
+            self._on_done(remote)
+
+        threading.Thread(target=wait, name="madhatter-dask-recompute", daemon=True).start()
 
     # -- stopping --------------------------------------------------------------------------
 
