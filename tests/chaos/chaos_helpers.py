@@ -17,7 +17,6 @@ would from a script the workers do not have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import random
@@ -33,6 +32,9 @@ import cloudpickle
 import pytest
 
 from madhatter import Pipeline, depends, parallel, preprocess
+from process_helpers import alive as alive
+from process_helpers import all_pids, proc_stat, scheduler_address, socket_inodes
+from process_helpers import in_session as in_session
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -116,42 +118,26 @@ def everything(values):
 # -- processes, from /proc -----------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
 def children(parent: int) -> list[int]:
     """Living children of a process (not zombies, not multiprocessing's resource tracker)."""
     found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _stat(int(entry.name))
-        if stat is None or int(stat[1]) != parent or stat[0] == "Z":
+    for pid in all_pids():
+        stat = proc_stat(pid)
+        if stat is None or stat[0] != parent or stat[2] == "Z":
             continue
         try:
-            if b"resource_tracker" in (entry / "cmdline").read_bytes():
+            if b"resource_tracker" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
         except OSError:
             continue
-        found.append(int(entry.name))
+        found.append(pid)
     return sorted(found)
 
 
 def listening_ports(pid: int) -> set[int]:
     """The TCP ports a process listens on (IPv4, from /proc)."""
-    inodes = set()
+    inodes = socket_inodes(pid)
     try:
-        for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
         lines = pathlib.Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return set()
@@ -161,24 +147,6 @@ def listening_ports(pid: int) -> set[int]:
         if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
             ports.add(int(fields[1].rpartition(":")[2], 16))
     return ports
-
-
-def in_session(session: int) -> list[int]:
-    """The processes of a session, zombies included."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if (
-            entry.name.isdigit()
-            and (stat := _stat(int(entry.name))) is not None
-            and int(stat[3]) == session
-        ):
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
 
 
 def shm_entries() -> set[str]:
@@ -294,7 +262,7 @@ class NannyDaskCluster:
             "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
             "--scheduler-file", str(scheduler_file),
         )  # fmt: skip
-        self.address = self._wait_for_address(scheduler_file)
+        self.address = scheduler_address(scheduler_file, START_SECONDS)
         self.nannies = [
             self._start(
                 "worker",
@@ -326,18 +294,6 @@ class NannyDaskCluster:
             )
         self.processes.append(process)
         return process
-
-    def _wait_for_address(self, scheduler_file: pathlib.Path) -> str:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if scheduler_file.exists():
-                try:
-                    address: str = json.loads(scheduler_file.read_text())["address"]
-                    return address
-                except (ValueError, KeyError):
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError("the Dask scheduler did not start")
 
     def worker_pids(self) -> list[int]:
         """The worker processes (the nannies' children), not the nannies."""

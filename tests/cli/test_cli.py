@@ -6,7 +6,6 @@ import itertools
 import json
 import pathlib
 import subprocess
-import sysconfig
 import textwrap
 import xml.etree.ElementTree as ElementTree
 
@@ -14,10 +13,10 @@ import pytest
 
 import madhatter
 from madhatter._events import RunFinished, RunStarted, event_from_dict
+from process_helpers import MADHATTER
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello.py"
-MADHATTER = pathlib.Path(sysconfig.get_path("scripts"), "madhatter")
 HELLO_STEPS = ("hello", "job", "another_job", "result")
 
 

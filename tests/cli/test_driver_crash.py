@@ -11,13 +11,12 @@ import os
 import pathlib
 import signal
 import subprocess
-import sysconfig
 import time
 from collections.abc import Callable
 
 import pytest
 
-MADHATTER = pathlib.Path(sysconfig.get_path("scripts"), "madhatter")
+from process_helpers import MADHATTER
 
 CRASH_PIPELINE = """
 import os, signal, time

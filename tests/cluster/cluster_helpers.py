@@ -9,7 +9,6 @@ runs). The test modules register themselves the same way.
 from __future__ import annotations
 
 import ipaddress
-import os
 import pathlib
 import socket
 import sys
@@ -17,6 +16,11 @@ import sys
 import cloudpickle
 
 from madhatter import Pipeline, depends, parallel, postprocess, preprocess
+from process_helpers import alive as alive
+from process_helpers import all_pids as all_pids
+from process_helpers import in_session as in_session
+from process_helpers import proc_stat as proc_stat
+from process_helpers import socket_inodes
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -52,45 +56,6 @@ FAN_IN = Pipeline([numbers, squares, odd, combined])
 
 
 # -- processes and sockets, from /proc ---------------------------------------------------------
-
-
-def proc_stat(pid: int) -> tuple[int, int, str] | None:
-    """(parent, session, state) of a process, or None if it is gone."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return int(fields[1]), int(fields[3]), fields[0]
-
-
-def all_pids() -> list[int]:
-    return [int(entry.name) for entry in pathlib.Path("/proc").iterdir() if entry.name.isdigit()]
-
-
-def in_session(session: int) -> list[int]:
-    """The processes of a session, zombies included."""
-    return [pid for pid in all_pids() if (stat := proc_stat(pid)) is not None and stat[1] == session]
-
-
-def alive(pid: int) -> bool:
-    """Whether a process exists and has not exited (a zombie has)."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[2] != "Z"
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    try:
-        for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    except OSError:
-        pass
-    return inodes
 
 
 def _address(hex_address: str) -> str:

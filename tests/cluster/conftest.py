@@ -18,7 +18,6 @@ skip is a failure.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -32,6 +31,8 @@ from collections.abc import Iterator
 
 import pytest
 from cluster_helpers import in_session
+
+from process_helpers import scheduler_address
 
 START_SECONDS = 60
 
@@ -51,7 +52,7 @@ class DaskCluster:
             "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
             "--scheduler-file", str(scheduler_file),
         )  # fmt: skip
-        self.address = self._wait_for_address(scheduler_file)
+        self.address = scheduler_address(scheduler_file, START_SECONDS)
         self.workers = [self.add_worker(f"w{index}") for index in range(workers)]
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
@@ -61,18 +62,6 @@ class DaskCluster:
             )
         self.processes.append(process)
         return process
-
-    def _wait_for_address(self, scheduler_file: pathlib.Path) -> str:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if scheduler_file.exists():
-                try:
-                    address: str = json.loads(scheduler_file.read_text())["address"]
-                    return address
-                except (ValueError, KeyError):
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError("the Dask scheduler did not start")
 
     def add_worker(self, name: str) -> subprocess.Popen[bytes]:
         return self._start(

@@ -13,7 +13,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 import time
@@ -26,8 +25,7 @@ import madhatter
 from madhatter import depends, parallel, preprocess
 from madhatter._events import ChunkDone, Event, RunFinished
 from madhatter.testing import RecordingListener
-
-MADHATTER = pathlib.Path(sysconfig.get_path("scripts"), "madhatter")
+from process_helpers import MADHATTER, default_sigint
 
 
 @preprocess
@@ -339,12 +337,6 @@ def slow(x):
 def done(values):
     return len(values)
 """
-
-
-def default_sigint() -> None:
-    """In the child: Ctrl-C raises KeyboardInterrupt even if pytest runs as a background job,
-    whose shell starts it (and so its children) with SIGINT ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_events(path: pathlib.Path) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +24,12 @@ import madhatter.engines.processes as processes
 from madhatter import Pipeline, depends, parallel, preprocess
 from madhatter.engines import Task
 from madhatter.engines.processes import ProcessesEngine
+from process_helpers import MADHATTER, default_sigint
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "memfd_create"), reason="shared memory needs memfd_create (Linux)"
 )
 
-MADHATTER = pathlib.Path(sysconfig.get_path("scripts"), "madhatter")
 BIG = 8 * 1024 * 1024  # float64 items: 64 MB
 
 
@@ -179,10 +178,6 @@ def slow_sum(a):
     time.sleep(0.2)
     return float(a.sum())
 """
-
-
-def default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
