@@ -8,6 +8,8 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import sysconfig
 import time
 
@@ -73,3 +75,37 @@ def default_sigint() -> None:
     """In a child (``preexec_fn``): Ctrl-C raises KeyboardInterrupt even if pytest runs as a
     background job, whose shell starts it (and so its children) with SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Workers:
+    """Starts ``madhatter worker`` processes and stops every one of them at the end."""
+
+    def __init__(self, log_folder: pathlib.Path) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.log_folder = log_folder
+
+    def start(self, store_url: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_folder / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "madhatter", "worker", "--broker", store_url, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.log_folder.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -1,5 +1,6 @@
 """Helpers of the chaos tests (imported by name: pytest puts this folder on sys.path): the seed,
-a seeded killer, the pipeline they run, and a Dask cluster whose workers have nannies.
+a seeded killer, the pipeline they run, and a Dask cluster whose workers have nannies (the
+service workers are process_helpers.Workers).
 
 **Replaying a failure.** Every case prints its seed (``chaos seed: N``, shown with the output of a
 failing test) and takes it from ``MADHATTER_CHAOS_SEED`` when that is set::
@@ -229,7 +230,7 @@ class Killer(threading.Thread):
         return [kind for _, kind, _ in self.log]
 
 
-# -- a Dask cluster whose workers have nannies -----------------------------------------------------
+# -- a Dask cluster whose workers have nannies.-----------------------------------------------------
 
 
 START_SECONDS = 60
@@ -333,42 +334,3 @@ class NannyDaskCluster:
         deadline = time.monotonic() + 15
         while any(in_session(pid) for pid in self.sessions()) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-# -- service workers ----------------------------------------------------------------------------
-
-
-class ServiceWorkers:
-    """``madhatter worker`` processes, each in its own session; stopped (SIGTERM, then SIGKILL of
-    the session) at the end."""
-
-    def __init__(self, folder: pathlib.Path) -> None:
-        self.folder = folder
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        with open(self.folder / f"worker-{len(self.processes)}.log", "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "madhatter", "worker", *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.processes.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in sorted(self.folder.glob("worker-*.log"))
-        )
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()

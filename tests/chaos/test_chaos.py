@@ -28,7 +28,6 @@ from chaos_helpers import (
     MAX_KILLS,
     SERVICE_PIPELINE,
     Killer,
-    ServiceWorkers,
     alive,
     case_rng,
     children,
@@ -37,6 +36,7 @@ from chaos_helpers import (
 
 from madhatter.events import ChunkDone
 from madhatter.testing import RecordingListener
+from process_helpers import Workers
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -150,8 +150,8 @@ def test_service_run_under_a_seeded_killer_finishes_exactly_once(
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     logs = tmp_path / "logs"
     logs.mkdir()
-    workers = ServiceWorkers(logs)
-    options = (str(pipeline), "--broker", url, "--engine", "processes", "--workers", "2", "--lease", "3")
+    workers = Workers(logs)
+    options = (str(pipeline), "--engine", "processes", "--workers", "2", "--lease", "3")
     rng = case_rng(seed, "service")
     plan = plan_kills(rng, special="service", first=2.0, gap=(0.2, 0.8))
     dead: list[int] = []
@@ -168,7 +168,7 @@ def test_service_run_under_a_seeded_killer_finishes_exactly_once(
 
     try:
         for _ in range(2):
-            workers.start(*options)
+            workers.start(url, *options)
         with open_store(url) as store:
             run = store.submit("chaos_service", {})
             started = time.monotonic()

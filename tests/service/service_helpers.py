@@ -13,6 +13,8 @@ import textwrap
 import urllib.request
 from typing import Any
 
+from process_helpers import Workers as Workers
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -24,40 +26,6 @@ def write_pipeline(folder: pathlib.Path, name: str, source: str) -> pathlib.Path
     path = folder / f"{name}.py"
     path.write_text(textwrap.dedent(source))
     return path
-
-
-class Workers:
-    """Starts ``madhatter worker`` processes and stops every one of them at the end."""
-
-    def __init__(self, log_folder: pathlib.Path) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.log_folder = log_folder
-
-    def start(self, store_url: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_folder / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "madhatter", "worker", "--broker", store_url, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.processes.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.log_folder.glob("worker-*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 class Server:
