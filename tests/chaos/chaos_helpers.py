@@ -230,7 +230,7 @@ class Killer(threading.Thread):
         return [kind for _, kind, _ in self.log]
 
 
-# -- a Dask cluster whose workers have nannies.-----------------------------------------------------
+# -- a Dask cluster whose workers have nannies -----------------------------------------------------
 
 
 START_SECONDS = 60
