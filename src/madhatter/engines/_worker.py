@@ -101,6 +101,18 @@ def worker_main(link: Link, driver_pid: int) -> None:
     serve(link.receive, link.send, shared=shared_memory.AVAILABLE)
 
 
+def fresh_worker_main() -> None:
+    """The entry point of a worker started as a fresh interpreter (``_fresh_process.py``)."""
+    import json
+    import socket
+
+    from ._fresh_process import STATE_VARIABLE
+
+    state = json.loads(os.environ.pop(STATE_VARIABLE))
+    sys.path[:], sys.argv[:] = state["sys_path"], state["sys_argv"]
+    worker_main(Link(socket.socket(fileno=state["fd"])), state["driver_pid"])
+
+
 Receive = Callable[[], tuple[bytes | bytearray, list[int]]]
 """The next message and the descriptors that came with it; ``EOFError`` at the channel's end."""
 

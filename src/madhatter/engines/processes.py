@@ -17,8 +17,11 @@ they travel in anonymous shared-memory files whose descriptors ride along (``_sh
 submitted, so the copies alive at once are bounded by the tasks in flight; a stage's function, with
 any large run parameters in it, is written once and mapped by every worker.
 
-Workers start on the first task (a run whose steps all stay in the driver never starts any), by
-``fork`` where the platform has it: forking two workers costs ~10 ms, a ``forkserver`` start ~150.
+Workers start on the first task (a run whose steps all stay in the driver never starts any). On
+Linux they are forked while the driver has no other thread (nothing can then hold a lock the child
+would inherit held: two workers in ~10 ms), and started as fresh interpreters otherwise, which is
+safe with threads (~0.1-0.2 s; ``_fresh_process.py`` says why not ``forkserver``). Replacement
+workers are always fresh: they start from the management thread. Elsewhere, ``spawn``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import wait
 from typing import Any
 
+from . import _fresh_process as fresh_process
 from . import _shared_memory as shared_memory
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
 from ._link import Link
@@ -86,7 +90,7 @@ class _Function:
 
 @dataclasses.dataclass
 class _Worker:
-    process: Any  # multiprocessing.Process (its type differs per start method)
+    process: Any  # a multiprocessing.Process (its type differs per start method) or FreshProcess
     link: Link
     tasks: collections.deque[_Pending] = dataclasses.field(default_factory=collections.deque)
     started: float = 0.0  # when tasks[0] started running
@@ -115,10 +119,13 @@ class ProcessesEngine(Engine):
     )
 
     def __init__(self, workers: int | None = None, *, start_method: str | None = None) -> None:
+        """``start_method``: ``None`` (fork while the driver has one thread, else a fresh
+        interpreter; ``spawn`` where there is no ``pidfd_open``) or one of ``multiprocessing``'s,
+        used for every worker."""
         self._size = workers or os.cpu_count() or 1
-        if start_method is None:
-            start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self._context = multiprocessing.get_context(start_method)
+        if start_method is None and not fresh_process.AVAILABLE:
+            start_method = "spawn"
+        self._context = None if start_method is None else multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._workers: list[_Worker] = []
@@ -181,15 +188,19 @@ class ProcessesEngine(Engine):
 
     def _spawn(self) -> _Worker:
         ours, theirs = Link.pair()
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=worker_main, args=(theirs, os.getpid()), name="madhatter-worker", daemon=True
-        )
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork() in a process with threads. Replacement workers are
-            # forked from the management thread; the child only runs the worker loop, which takes
-            # none of the parent's locks (the import lock is re-initialised after fork).
-            warnings.simplefilter("ignore", DeprecationWarning)
-            process.start()
+        process: Any
+        if self._context is None and threading.active_count() > 1:
+            process = fresh_process.FreshProcess(theirs, os.getpid())
+        else:
+            context = self._context or multiprocessing.get_context("fork")
+            process = context.Process(  # type: ignore[attr-defined]
+                target=worker_main, args=(theirs, os.getpid()), name="madhatter-worker", daemon=True
+            )
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about fork() in a process with threads: only a start method
+                # the user chose can fork with threads (the default forks single-threaded only).
+                warnings.simplefilter("ignore", DeprecationWarning)
+                process.start()
         theirs.close()
         return _Worker(process, ours)
 
