@@ -5,6 +5,8 @@ Decorate plain functions (``@preprocess``, ``@parallel``, ``@depends``, ``@postp
 """
 
 from ._errors import (
+    CacheCorruptionWarning,
+    CacheWriteError,
     CycleError,
     EngineError,
     MadhatterError,
@@ -25,6 +27,8 @@ from ._steps import depends, parallel, postprocess, preprocess
 from ._version import __version__
 
 __all__ = [
+    "CacheCorruptionWarning",
+    "CacheWriteError",
     "CycleError",
     "EngineError",
     "MadhatterError",

@@ -14,6 +14,7 @@ The tree::
         ├── StepFailed               a step's function raised on one chunk
         ├── WorkerLost               the worker process running a chunk died
         ├── TaskTimeout              a chunk ran longer than its step's ``timeout``
+        ├── CacheWriteError          the chunk cache could not be written (a full disk, ...)
         └── RunCancelled             the run was cancelled by its ``cancel`` event
                                      (Ctrl-C raises KeyboardInterrupt, after stopping every worker)
 
@@ -179,6 +180,23 @@ class TaskTimeout(RunError):
         if self.item is not None:
             message += f", on item {self.item} alone: {self.item_preview}"
         return message
+
+
+class CacheWriteError(RunError):
+    """A chunk cache entry could not be written (a full disk, a permission, a lost connection);
+    no partial entry is left behind."""
+
+    def __init__(self, location: str, step: str, reason: str) -> None:
+        super().__init__(location, step, reason)
+        self.location, self.step, self.reason = location, step, reason
+
+    def __str__(self) -> str:
+        return f"cannot write the cache of step {self.step!r} to {self.location}: {self.reason}"
+
+
+class CacheCorruptionWarning(UserWarning):
+    """A chunk cache entry was truncated, damaged or unreadable: it was skipped, deleted, and
+    its items are recomputed."""
 
 
 class RunCancelled(RunError):

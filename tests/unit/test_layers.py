@@ -24,6 +24,7 @@ FORBIDDEN = {
     "graph": ("engines", "driver", "service", "cli", "_pipeline", "testing"),
     "engines": ("graph", "driver", "service", "cli", "_pipeline", "_steps", "testing"),
     "driver": ("service", "cli", "_pipeline", "_steps", "testing"),
+    "cache": ("graph", "engines", "driver", "service", "cli", "_pipeline", "testing"),
     "testing": ("service", "cli"),
     "service": ("cli",),
 }

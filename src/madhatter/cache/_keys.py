@@ -1,0 +1,50 @@
+"""Item keys: what a cached result is filed under.
+
+A stage's input item is keyed on its content (the digest of its pickle). Every step's output is
+then keyed on its lineage: ``derive(step_fingerprint, input_key)``, so the key of step C's output
+for an item says which code, with which parameters, made it from which input, through A and B;
+edit B and B's and C's keys change, A's do not. A whole-chunk step (``@parallel``) keys its
+chunk's outputs on the keys of all the chunk's inputs (``chunk_key``) and each output on its
+position among them.
+
+Keys are 32 hex digits of BLAKE2b (128 bits): collisions are not a practical concern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+
+DIGEST_BYTES = 16
+
+
+def content_key(item: Any) -> str:
+    """The key of an input item: the digest of its pickle (protocol 5; cloudpickle for what the
+    standard pickle refuses, such as lambdas). Equal items built the same way get equal keys."""
+    try:
+        data = pickle.dumps(item, protocol=5)
+    except Exception:
+        data = cloudpickle.dumps(item, protocol=5)
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+
+def derive(fingerprint: str, parent: str) -> str:
+    """The key of what a step with ``fingerprint`` made from the input keyed ``parent``."""
+    return hashlib.blake2b(f"{fingerprint}/{parent}".encode(), digest_size=DIGEST_BYTES).hexdigest()
+
+
+def chunk_key(fingerprint: str, parents: Sequence[str]) -> str:
+    """The key of what a whole-chunk step made from the chunk of inputs keyed ``parents``."""
+    digest = hashlib.blake2b(fingerprint.encode(), digest_size=DIGEST_BYTES)
+    for parent in parents:
+        digest.update(parent.encode())
+    return digest.hexdigest()
+
+
+def output_key(chunk: str, position: int) -> str:
+    """The key of a whole-chunk step's output at ``position`` of the chunk keyed ``chunk``."""
+    return derive(chunk, str(position))
