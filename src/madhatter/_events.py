@@ -73,7 +73,9 @@ class ChunkDone(Event):
     """A step finished one chunk: ``items_in`` went in, ``items_out`` came out.
 
     ``seconds`` is the time the step's function spent on the chunk on the worker; ``worker`` names
-    the worker (thread, process or cluster worker) and ``started_at`` is when the task began there.
+    the worker (thread, process or cluster worker; ``"cache"`` when the whole chunk was found in
+    the chunk cache) and ``started_at`` is when the task began there. ``cached`` of the
+    ``items_in`` were found in the chunk cache, not run.
     """
 
     step: str
@@ -83,6 +85,7 @@ class ChunkDone(Event):
     seconds: float
     worker: str
     started_at: float
+    cached: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

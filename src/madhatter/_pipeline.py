@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from threading import Event as ThreadingEvent
@@ -14,6 +15,7 @@ from ._errors import PipelineDefinitionError
 from ._events import Listener
 from ._loading import load_module
 from ._results import RunReport
+from .cache import CacheStore, open_cache
 from .driver import execute_plan
 from .engines import Engine
 from .graph import Graph, Param, Plan, build_graph, graph_params, plan_graph, steps_of_module
@@ -99,6 +101,7 @@ class Pipeline:
         cancel: ThreadingEvent | None = None,
         inline: bool = True,
         fuse: bool = True,
+        cache: str | os.PathLike[str] | CacheStore | bool | None = None,
         **engine_options: Any,
     ) -> RunReport:
         """Run the pipeline and return a :class:`RunReport` (result, skipped items, statistics).
@@ -111,6 +114,10 @@ class Pipeline:
             cancel: set this event (from another thread) to stop the run with ``RunCancelled``.
             inline: let steps whose items are cheaper than shipping them run in the driver.
             fuse: run chains of parallel steps as one task per chunk.
+            cache: keep every parallel step's outputs, and reuse those whose code, parameters
+                and input are unchanged (docs/caching.md): a folder, an fsspec URL
+                (``"s3://bucket/prefix"``), a :class:`~madhatter.cache.CacheStore`, or ``True``
+                for ``.madhatter/`` in the current folder.
             engine_options: passed to the engine (e.g. ``address=`` for a cluster).
         """
         values = _params.resolve(self.params, dict(params or {}))
@@ -124,6 +131,7 @@ class Pipeline:
             cancel=cancel,
             inline=inline,
             engine_options=engine_options,
+            cache=open_cache(cache),
         )
 
     def __repr__(self) -> str:

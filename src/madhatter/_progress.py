@@ -37,6 +37,7 @@ class StepProgress:
     finished_at: float | None = None
     retries: int = 0
     skipped: int = 0
+    cached: int = 0  # of ``done``, found in the chunk cache
 
     @property
     def finished(self) -> bool:
@@ -92,6 +93,7 @@ class RunProgress:
             step.total = event.total
         elif isinstance(event, ChunkDone):
             step.done += event.items_in
+            step.cached += event.cached
             step.items_out += event.items_out
             step.work_seconds += event.seconds
             if step.started_at is None:

@@ -31,6 +31,8 @@ class StepStats:
     items_out: int = 0
     chunks: int = 0
     seconds: float = 0.0
+    cached: int = 0
+    """Of ``items_in``, how many were found in the chunk cache instead of run."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,6 +69,11 @@ class StepSpec:
         name: the step's name; defaults to the function's ``__name__``.
         engine: run this step on another engine than the run's (e.g. a container engine).
         resources: engine-specific resource requests (e.g. ``{"cpus": 1, "memory": "512m"}``).
+        cache: whether the chunk cache may keep and reuse the step's outputs (``False`` for steps
+            that must always run: they call the network, read the clock, draw unseeded numbers).
+        cache_key: what else the step's outputs depend on that the cache cannot see (a version
+            string, a file's modification time), or a function of no arguments returning it,
+            called once per run.
     """
 
     kind: StepKind | None = None
@@ -85,6 +90,8 @@ class StepSpec:
     name: str | None = None
     engine: str | None = None
     resources: tuple[tuple[str, Any], ...] = ()
+    cache: bool = True
+    cache_key: Any = None
 
 
 def get_spec(fn: object) -> StepSpec | None:
@@ -195,6 +202,8 @@ class ParallelOptions(TypedDict, total=False):
     memory: str | int | None
     isolate: Isolate | None
     network: str | None
+    cache: bool
+    cache_key: Any
 
 
 class _ParallelDecorator:
@@ -235,6 +244,12 @@ class _ParallelDecorator:
             isolate: for containers: ``"container"`` (default: warm containers run many tasks)
                 or ``"task"`` (a fresh container per task).
             network: for containers: a Docker network to join (default: none at all).
+            cache: ``False`` for a step whose outputs the chunk cache must never reuse (it calls
+                the network, reads the clock, draws unseeded random numbers); see
+                docs/caching.md.
+            cache_key: what else the outputs depend on that the cache cannot see (files read
+                by path, a model's version): a value, or a function of no arguments called once
+                per run.
         """
         unknown = sorted(set(options) - ParallelOptions.__optional_keys__)
         if unknown:
@@ -263,6 +278,8 @@ class _ParallelDecorator:
             "name": options.get("name"),
             "engine": options.get("engine") or (CONTAINER_ENGINE if in_container else None),
             "resources": _resources(options.get("resources"), image, cpus, memory, isolate, network),
+            "cache": bool(options.get("cache", defaults.cache)),
+            "cache_key": options.get("cache_key"),
         }
 
         def decorate(f: F) -> F:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from .._errors import MadhatterError, PipelineDefinitionError, RunError
 from .._version import __version__
 from ..engines import engine_names
+from ._cache import add_cache_command
 from ._docker import add_docker_command
 from ._graph import add_graph_command
 from ._run import add_run_command
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_graph_command(commands)
     add_service_commands(commands)
     add_docker_command(commands)
+    add_cache_command(commands)
     return parser
 
 

@@ -33,7 +33,9 @@ def _line(step: StepProgress, width: int) -> str:
         bar, count, eta = "", f"{step.done}", ""
     state = "done" if step.finished else eta
     extras = "".join(
-        f" {n} {what}" for n, what in ((step.retries, "retried"), (step.skipped, "skipped")) if n
+        f" {n} {what}"
+        for n, what in ((step.cached, "cached"), (step.retries, "retried"), (step.skipped, "skipped"))
+        if n
     )
     return f"{step.name:<{width}} {bar} {count} items  {_rate(rate)}  {state}{extras}".rstrip()
 
@@ -99,9 +101,11 @@ class ProgressLines:
             self._last[event.step] = time.monotonic()
             self._say(f"step {event.step} started{total}")
         elif isinstance(event, events.StepFinished):
+            cached = step.cached if step is not None else 0
+            from_cache = f" ({cached} from cache)" if cached else ""
             self._say(
-                f"step {event.step} finished: {event.items_in} in, {event.items_out} out, "
-                f"{event.seconds:.2f}s of work"
+                f"step {event.step} finished: {event.items_in} in{from_cache}, "
+                f"{event.items_out} out, {event.seconds:.2f}s of work"
             )
         elif isinstance(event, events.ChunkRetried):
             self._say(f"step {event.step} chunk {event.chunk} retry {event.attempt}: {event.error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import pathlib
 import pprint
 import sys
 from typing import IO, Any
@@ -12,6 +13,7 @@ from typing import IO, Any
 from .._events import Listener
 from .._params import parse_assignments
 from .._pipeline import Pipeline
+from ..cache import DEFAULT_FOLDER
 from ._arguments import add_engine_arguments, add_pipeline_command, engine_options
 from ._progress import EventsWriter, ProgressBars, ProgressLines
 
@@ -52,7 +54,28 @@ def add_run_command(commands: Any) -> None:
         action="store_false",
         help="always send parallel steps to the engine, even when they are too cheap to gain",
     )
+    parser.add_argument(
+        "--cache",
+        nargs="?",
+        const=True,
+        metavar="DIR_OR_URL",
+        help="keep step outputs and reuse those whose code, parameters and input are unchanged, "
+        "so a crashed, cancelled or edited run resumes (default: .madhatter/ beside the "
+        "pipeline file; or a folder, or an fsspec URL such as s3://bucket/prefix)",
+    )
     parser.set_defaults(handler=run_command)
+
+
+def cache_location(args: argparse.Namespace) -> str | None:
+    """Where ``--cache`` keeps the cache: the folder or URL given, or ``.madhatter/`` beside the
+    pipeline file (in the current folder for a module)."""
+    if args.cache is None:
+        return None
+    if args.cache is not True:
+        return str(args.cache)
+    target = pathlib.Path(args.target)
+    folder = target.parent if target.suffix == ".py" else pathlib.Path.cwd()
+    return str(folder / DEFAULT_FOLDER)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -72,6 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
             params=params,
             listeners=listeners,
             inline=args.inline,
+            cache=cache_location(args),
             **options,
         )
     for item in report.skipped[:SKIPPED_SHOWN]:

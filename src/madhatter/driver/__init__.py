@@ -12,12 +12,14 @@
 ``_context``       what the stages of one run share: events, statistics, futures in flight
 ``_engines``       the run's engines, made once from a name or taken as given
 ``_chain``         the task function every engine runs: one chunk through a fused chain of steps
+``_stage_cache``   what the chunk cache knows of a chunk before it is launched; why a step misses
 =================  ================================================================================
 
-Imports go one way: the driver imports ``graph`` and ``engines``; engines never import the
+Imports go one way: the driver imports ``graph``, ``engines`` and ``cache``; engines never import the
 driver (they run its :class:`~._chain.ChainTask` as an opaque function).
 """
 
 from ._execute import execute_plan
+from ._stage_cache import explain as explain_cache_miss
 
-__all__ = ["execute_plan"]
+__all__ = ["execute_plan", "explain_cache_miss"]

@@ -9,6 +9,13 @@ A step with ``on_error="skip"`` whose function fails on a chunk is re-run item b
 failing items are left out; each becomes a :class:`SkippedItem` that travels back with the result.
 
 Per-worker ``setup`` runs once per (run, step, worker thread) and is cached here, in the worker.
+
+With the chunk cache on (``ChainTask.cache``), a chunk arrives with its items' keys and the step of
+the chain to start from (the steps before it were found in the cache). Each step then runs on its
+own (no one-pass groups), every step's outputs are filed under their lineage keys
+(``madhatter.cache._keys``) and written to the store as soon as the chunk is done, from wherever
+the chunk ran; and the outputs come back per input item while the chain is per item, so the driver
+can put them together with the items it found in the cache.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from typing import Any
 
 from .._errors import StepFailed
 from .._results import SkippedItem
+from ..cache import CacheStore
+from ..cache._keys import chunk_key, derive, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
 
@@ -64,13 +73,49 @@ class StepCount:
     seconds: float
 
 
+Records = tuple[tuple[str, str, tuple[tuple[str, list[Any]], ...]], ...]
+"""Cache records of a chunk: ``(step, fingerprint, ((key, outputs), ...))`` per step."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ChunkOutcome:
-    """The result of a chunk: outputs, per-step counts (in chain order) and skipped items."""
+    """The result of a chunk: outputs, per-step counts (in chain order) and skipped items.
+
+    With the cache on: ``per_item`` when ``outputs`` holds one list of outputs per input item, and
+    the cache ``records`` the driver is to write (when the chunk's worker could not reach the
+    store itself)."""
 
     outputs: list[Any]
     counts: tuple[StepCount, ...]
     skipped: tuple[SkippedItem, ...] = ()
+    per_item: bool = False
+    records: Records = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainCache:
+    """What a chain needs to file its steps' outputs in the cache.
+
+    ``fingerprints`` has one entry per step of the chain: ``None`` for a step that is not cached
+    (``cache=False``) and every step after it in the chain (their outputs depend on its). With
+    ``store=None`` the chunk's records go back to the driver, which writes them (an engine whose
+    workers cannot reach the store, such as containers)."""
+
+    fingerprints: tuple[str | None, ...]
+    store: CacheStore | None
+
+    def per_item_from(self, start: int, ops: tuple[ChainOp, ...]) -> bool:
+        """Whether outputs can be told apart per input item when the chain starts at ``start``."""
+        return all(op.kind != "chunks" for op in ops[start:])
+
+
+@dataclasses.dataclass
+class _Unit:
+    """One value travelling down a cached chain: its key, and the input item it came from."""
+
+    key: str
+    value: Any
+    origin: int
 
 
 _setups: dict[tuple[str, str, int], Mapping[str, Any]] = {}
@@ -167,10 +212,16 @@ class ChainTask:
     run_key: str
     ops: tuple[ChainOp, ...]
     timeout: float | None = None
+    cache: ChainCache | None = None
 
-    def __call__(self, argument: tuple[int, list[Any]]) -> ChunkOutcome:
-        chunk, items = argument
+    def __call__(self, argument: tuple[Any, ...]) -> ChunkOutcome:
+        """``argument`` is ``(chunk, items)``, or with the cache ``(chunk, items, start, keys)``:
+        run the steps from ``start`` on, ``keys`` being the items' keys as that step's input."""
         with deadline(self.timeout):
+            if len(argument) == 4 and self.cache is not None:
+                chunk, items, start, keys = argument
+                return self._run_cached(chunk, items, start, keys)
+            chunk, items = argument[0], argument[1]
             return self._run(chunk, items)
 
     def _run(self, chunk: int, items: list[Any]) -> ChunkOutcome:
@@ -194,6 +245,109 @@ class ChainTask:
             counts.append(StepCount(len(items), len(outputs), time.perf_counter() - started))
             items = outputs
         return ChunkOutcome(items, tuple(counts), tuple(skipped))
+
+    def _run_cached(self, chunk: int, items: list[Any], start: int, keys: list[str]) -> ChunkOutcome:
+        """Run the steps from ``start`` one at a time, keying and recording each one's outputs."""
+        assert self.cache is not None
+        counts = [StepCount(0, 0, 0.0)] * start  # found in the cache: the driver counts them
+        skipped: list[SkippedItem] = []
+        records: list[tuple[str, str, tuple[tuple[str, list[Any]], ...]]] = []
+        units = [
+            _Unit(key, item, origin) for origin, (key, item) in enumerate(zip(keys, items, strict=True))
+        ]
+        per_item = self.cache.per_item_from(start, self.ops)
+        for position in range(start, len(self.ops)):
+            op, fingerprint = self.ops[position], self.cache.fingerprints[position]
+            started, count_in = time.perf_counter(), len(units)
+            if op.kind == "chunks":
+                units, made = self._chunk_step(op, fingerprint, chunk, units, skipped)
+            else:
+                units, made = self._item_step(op, fingerprint, chunk, units, skipped)
+            seconds = time.perf_counter() - started
+            counts.append(StepCount(count_in, len(units), seconds))
+            if fingerprint is not None and made:
+                records.append((op.step, fingerprint, tuple(made)))
+        if per_item:
+            outputs: list[Any] = [[] for _ in items]
+            for unit in units:
+                outputs[unit.origin].append(unit.value)
+        else:
+            outputs = [unit.value for unit in units]
+        store = self.cache.store
+        if store is not None:
+            for step, fingerprint, filed in records:
+                store.write(step, fingerprint, filed)
+        return ChunkOutcome(
+            outputs, tuple(counts), tuple(skipped), per_item, () if store is not None else tuple(records)
+        )
+
+    def _item_step(
+        self,
+        op: ChainOp,
+        fingerprint: str | None,
+        chunk: int,
+        units: list[_Unit],
+        skipped: list[SkippedItem],
+    ) -> tuple[list[_Unit], list[tuple[str, list[Any]]]]:
+        """A map or filter step over ``units``: the units after it, and its records (one per
+        input unit that did not fail: its key and its 0 or 1 outputs)."""
+        kwargs = _setup_kwargs(self.run_key, op)
+        func, values = op.func, [unit.value for unit in units]
+        results: list[list[Any] | None]
+        try:
+            if op.kind == "map":
+                results = _per_item(values, lambda xs: [[func(x, **kwargs)] for x in xs])
+            else:
+                results = _per_item(values, lambda xs: [[x] if func(x, **kwargs) else [] for x in xs])
+        except TaskTimedOut:
+            raise
+        except Exception as exc:
+            if op.on_error != "skip":
+                raise _failure(op.step, chunk, values, exc) from _users(exc)
+            results = []
+            for value in values:
+                try:
+                    results.append(_apply(op, [value], kwargs))
+                except TaskTimedOut:
+                    raise
+                except Exception as item_exc:
+                    cause = _users(item_exc)
+                    error = f"{type(cause).__name__}: {cause}"
+                    skipped.append(SkippedItem(op.step, chunk, value, error, user_traceback(cause)))
+                    results.append(None)  # failed: not an output, and not filed in the cache
+        after: list[_Unit] = []
+        made: list[tuple[str, list[Any]]] = []
+        for unit, outputs in zip(units, results, strict=True):
+            if outputs is None:
+                continue
+            key = derive(fingerprint, unit.key) if fingerprint is not None else unit.key
+            made.append((key, outputs))
+            after.extend(_Unit(key, output, unit.origin) for output in outputs)
+        return after, made
+
+    def _chunk_step(
+        self,
+        op: ChainOp,
+        fingerprint: str | None,
+        chunk: int,
+        units: list[_Unit],
+        skipped: list[SkippedItem],
+    ) -> tuple[list[_Unit], list[tuple[str, list[Any]]]]:
+        """A whole-chunk step: its outputs are keyed on the chunk's keys and their positions.
+        A chunk some of whose items failed (``on_error="skip"``) is not filed."""
+        values = [unit.value for unit in units]
+        failures = len(skipped)
+        try:
+            outputs = _apply(op, values, _setup_kwargs(self.run_key, op))
+        except TaskTimedOut:
+            raise
+        except Exception as exc:
+            if op.on_error != "skip" or not values:
+                raise _failure(op.step, chunk, values, exc) from _users(exc)
+            outputs = self._item_by_item(op, chunk, values, skipped)
+        key = chunk_key(fingerprint or "", [unit.key for unit in units])
+        made = [(key, outputs)] if fingerprint is not None and len(skipped) == failures else []
+        return [_Unit(output_key(key, i), output, -1) for i, output in enumerate(outputs)], made
 
     def _compiled(self, group: tuple[ChainOp, ...]) -> Callable[[Iterable[Any]], list[Any]]:
         """The group's one-pass function, compiled once per task object (not pickled with it)."""

@@ -19,15 +19,17 @@ from typing import Any
 
 from .._errors import EngineError, RunError, ShippingError, StepFailed
 from .._events import StepFinished, StepStarted
+from ..cache import CacheStore
 from ..engines import Engine, EngineTraits
 from ..engines._serialize import dumps_function
 from ..graph import Plan, Stage
-from ._chain import ChainOp, ChainTask, preview, user_traceback
+from ._chain import ChainCache, ChainOp, ChainTask, preview, user_traceback
 from ._channel import Channel
 from ._context import RunContext
 from ._engines import EngineSet
 from ._readers import ChannelReader, Collector, IterableReader, Reader
 from ._stage import StageRunner
+from ._stage_cache import StageCache, step_fingerprint
 
 
 class Evaluator:
@@ -41,15 +43,18 @@ class Evaluator:
         params: Mapping[str, Any],
         *,
         inline: bool,
+        cache: CacheStore | None = None,
     ) -> None:
         self.plan, self.engines, self.run, self.params = plan, engines, run, params
         self.inline = inline
+        self.cache = cache
         self.runners: dict[str, StageRunner] = {}
         self.channels: dict[str, Channel] = {}
         self.values: dict[str, Any] = {}
         self.collectors: list[Collector] = []
         self._inputs: dict[str, list[Callable[[], Any]]] = {}
         self._traits: dict[str, EngineTraits] = {}
+        self._fingerprints: dict[str, tuple[str | None, ...]] = {}
 
     # -- the run's result ------------------------------------------------------------------
 
@@ -180,9 +185,10 @@ class Evaluator:
         else:
             reader = self._channel_reader(upstream)
             upstream_remote = self.runners[upstream.name].keep_output
+        task = self._task(stage)
         runner = StageRunner(
             stage,
-            self._task(stage),
+            task,
             reader,
             output,
             engine,
@@ -195,6 +201,11 @@ class Evaluator:
                 and not upstream_remote
             ),
             keep_output=self._keeps_output(stage, engine),
+            cache=(
+                StageCache(self.cache, task.ops, task.cache.fingerprints)
+                if self.cache is not None and task.cache is not None
+                else None
+            ),
         )
         self.runners[stage.name] = runner
         return runner
@@ -204,7 +215,8 @@ class Evaluator:
         results, and only parallel stages on that same engine read them."""
         consumers = self.plan.consumers(stage.name)
         return (
-            self._traits[stage.name].keeps_output
+            self.cache is None  # cached outputs are merged in the driver
+            and self._traits[stage.name].keeps_output
             and stage.name != self.plan.output
             and bool(consumers)
             and all(
@@ -213,7 +225,11 @@ class Evaluator:
         )
 
     def _task(self, stage: Stage) -> ChainTask:
-        ops = tuple(
+        ops = self._ops(stage)
+        return ChainTask(self.run.run_id, ops, stage.first.timeout, self._chain_cache(stage, ops))
+
+    def _ops(self, stage: Stage) -> tuple[ChainOp, ...]:
+        return tuple(
             ChainOp(
                 step=step.name,
                 kind=step.kind,
@@ -226,7 +242,29 @@ class Evaluator:
             )
             for step in stage.steps
         )
-        return ChainTask(self.run.run_id, ops, stage.first.timeout)
+
+    def _chain_cache(self, stage: Stage, ops: tuple[ChainOp, ...]) -> ChainCache | None:
+        """The stage's steps' fingerprints, computed once per run (``None``: nothing is cached).
+        A step with ``cache=False`` and every step after it in the stage are not cached: their
+        outputs depend on its, which may differ from run to run."""
+        if self.cache is None:
+            return None
+        if stage.name not in self._fingerprints:
+            fingerprints: list[str | None] = []
+            for step, op in zip(stage.steps, ops, strict=True):
+                if not step.cache or (fingerprints and fingerprints[-1] is None):
+                    fingerprints.append(None)
+                    continue
+                fingerprint = step_fingerprint(step, dict(op.params))
+                self.cache.remember(step.name, fingerprint.digest, fingerprint.parts)
+                fingerprints.append(fingerprint.digest)
+            self._fingerprints[stage.name] = tuple(fingerprints)
+        found = self._fingerprints[stage.name]
+        if found[0] is None:
+            return None
+        # containers do not see the driver's folders: the driver writes what they made
+        store = None if self._traits[stage.name].own_environment else self.cache
+        return ChainCache(found, store)
 
     def check_shippable(self) -> None:
         """Fail before any work if a step bound for a process boundary cannot be pickled."""
@@ -234,7 +272,7 @@ class Evaluator:
             if stage.kind != "parallel" or not self.engines.traits(stage.first.engine).ships_data:
                 continue
             engine_name = stage.first.engine or self.engines.default_name
-            for op in self._task(stage).ops:
+            for op in self._ops(stage):
                 for what, value in (
                     ("function", op.func),
                     ("setup", op.setup),

@@ -18,6 +18,7 @@ from typing import Any
 from .._errors import RunCancelled, first_line
 from .._events import Emitter, Listener, RunFinished, RunStarted
 from .._results import RunReport
+from ..cache import CacheStore
 from ..engines import Engine
 from ..graph import Plan
 from ._chain import release_setups
@@ -37,13 +38,14 @@ def execute_plan(
     cancel: ThreadingEvent | None,
     inline: bool,
     engine_options: Mapping[str, Any],
+    cache: CacheStore | None = None,
 ) -> RunReport:
     """Run ``plan`` and return its report; on any error, stop everything first, then raise."""
     run_id = uuid.uuid4().hex[:12]
     emitter = Emitter(listeners)
     run = RunContext(run_id, emitter, cancel)
     engines = EngineSet(engine, workers, engine_options)
-    evaluator = Evaluator(plan, engines, run, params, inline=inline)
+    evaluator = Evaluator(plan, engines, run, params, inline=inline, cache=cache)
     evaluator.check_shippable()
     steps = tuple(itertools.chain.from_iterable(stage.step_names for stage in plan.stages))
     started = time.perf_counter()

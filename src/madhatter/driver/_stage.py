@@ -38,16 +38,19 @@ from ..engines.kit import timed_call
 from ..graph import Stage
 from . import _inline_watch as inline_watch
 from ._bisect import Bisection, Part, may_bisect
-from ._chain import ChainTask, KeepOutput, preview, user_traceback
+from ._chain import ChainTask, ChunkOutcome, KeepOutput, StepCount, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
 from ._context import RunContext
 from ._memory import killed_for_memory, lowered
 from ._placement import Placement
 from ._readers import Reader
 from ._sizing import PROBE_SECONDS, ChunkSizer
+from ._stage_cache import CachedChunk, StageCache
 
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
+CACHE = "cache"
+"""The worker name of chunks found whole in the chunk cache."""
 OUTSTANDING_PER_WINDOW = 2
 """Finished-but-unread plus in-flight chunks a stage may hold, per slot of its window."""
 
@@ -82,10 +85,19 @@ class Job:
     shipped: bool = False  # last launched on the engine (which may retry it itself)
     part: Part | None = None  # the items start:stop of the chunk, while it is bisected
     window: int = 0  # the stage's concurrency when it was last launched on the engine
+    cached: CachedChunk | None = None  # what the chunk cache knew of the chunk (``items``: the rest)
 
     @property
     def count(self) -> int:
         return chunk_size(self.items)
+
+    def argument(self) -> tuple[Any, ...]:
+        """The chain task's argument: the chunk's index and items, and with the cache, the step to
+        start from and the items' keys as its input (a part's share of them)."""
+        if self.cached is None:
+            return (self.index, self.items)
+        start, stop = self.part or (0, len(self.cached.keys))
+        return (self.index, self.items, self.cached.start, self.cached.keys[start:stop])
 
     @property
     def local_items(self) -> list[Any]:
@@ -110,9 +122,11 @@ class StageRunner:
         *,
         inline_allowed: bool,
         keep_output: bool = False,
+        cache: StageCache | None = None,
     ) -> None:
         self.stage, self.task, self.reader, self.output = stage, task, reader, output
         self.engine, self.traits, self.run = engine, traits, run
+        self.cache = cache
         self.keep_output = keep_output  # leave outputs on the engine's cluster for the next stage
         if stage.n is not None and stage.n < engine.workers:
             self.window = stage.n  # exactly n in flight: the step's concurrency cap holds
@@ -211,13 +225,19 @@ class StageRunner:
     # -- running chunks --------------------------------------------------------------------
 
     def _launch(self, job: Job) -> None:
+        if self.cache is not None and job.attempt == 0 and job.part is None and job.cached is None:
+            job.cached = self.cache.look_up(job.local_items)
+            if job.cached.complete:
+                self._completed(job, TaskResult(None, CACHE, time.time(), 0.0))
+                return
+            job.items = job.cached.items
         if self.placement.shipping or job.part is not None:  # a part always runs in a worker
             part = "" if job.part is None else f".{job.part[0]}-{job.part[1]}"
             task = Task(
                 key=f"{self.run.run_id}/{self.stage.name}/{job.index}{part}/{job.attempt}",
                 function=KeepOutput(self.task) if self.keep_output else self.task,
                 function_key=f"{self.run.run_id}/{self.stage.name}",
-                argument=(job.index, job.items),
+                argument=job.argument(),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
                 # a part's chunk used up its retries already: bisection is the bounded rerun
@@ -243,7 +263,7 @@ class StageRunner:
                 f"{self.run.run_id}/{self.stage.name}/probe",
                 inline_watch.watched(self.task, self.stage.name, job.index),
                 "",
-                (job.index, job.local_items),
+                job.argument(),
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
@@ -263,7 +283,7 @@ class StageRunner:
             started, clock = time.time(), time.perf_counter()
             slot = inline_watch.enter(self.stage.name, job.index)  # for madhatter run's supervisor
             try:
-                outcome = self.task((job.index, job.local_items))
+                outcome = self.task(job.argument())
             except Exception as exc:
                 self._failed(job, exc)
                 return
@@ -272,6 +292,8 @@ class StageRunner:
             result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
         self._completed(job, result)
         outputs = result.value.outputs
+        if result.value.per_item:
+            outputs = [output for per_item in outputs for output in per_item]
         self.placement.ran_in_driver(
             job.local_items, outputs, result.seconds, input_done=self._input_done
         )
@@ -293,16 +315,28 @@ class StageRunner:
 
     def _completed(self, job: Job, result: TaskResult) -> None:
         outputs: Chunk
-        if job.shipped and self.keep_output:
+        if result.value is None:  # found whole in the cache
+            outcome = ChunkOutcome([], tuple(StepCount(0, 0, 0.0) for _ in self.stage.steps))
+            outputs = []
+        elif job.shipped and self.keep_output:
             outcome, outputs = result.value  # the outputs stayed on the cluster: a Remote
         else:
             outcome = result.value
             outputs = outcome.outputs
-        self.sizer.observe(job.count, sum(count.seconds for count in outcome.counts))
-        for step, count in zip(self.stage.steps, outcome.counts, strict=True):
+        if outcome.records and self.cache is not None:  # its worker could not reach the store
+            for step_name, fingerprint, records in outcome.records:
+                self.cache.store.write(step_name, fingerprint, records)
+        if result.value is not None:
+            self.sizer.observe(job.count, sum(count.seconds for count in outcome.counts))
+        # the cache's share is counted once per chunk: with its whole run, or its first part's
+        first = job.part is None or job.part[0] == 0
+        found = job.cached.counts if job.cached is not None and first else None
+        for position, (step, count) in enumerate(zip(self.stage.steps, outcome.counts, strict=True)):
+            cached_in, cached_out = found[position] if found is not None else (0, 0)
             stats = self.run.stats(step.name)
-            stats.items_in += count.items_in
-            stats.items_out += count.items_out
+            stats.items_in += count.items_in + cached_in
+            stats.items_out += count.items_out + cached_out
+            stats.cached += cached_in
             stats.chunks += 1
             stats.seconds += count.seconds
             if self.run.emitting:
@@ -311,11 +345,12 @@ class StageRunner:
                         self.run.run_id,
                         step.name,
                         job.index,
-                        count.items_in,
-                        count.items_out,
+                        count.items_in + cached_in,
+                        count.items_out + cached_out,
                         count.seconds,
                         result.worker,
                         result.started,
+                        cached_in,
                     )
                 )
         if outcome.skipped:
@@ -335,6 +370,8 @@ class StageRunner:
                 return
             del self._bisections[job.index]
             outputs = bisection.outputs()
+        if job.cached is not None and isinstance(outputs, list):
+            outputs = job.cached.merge(outputs)
         if self.stage.first.ordered:
             self._buffer[job.index] = outputs
         else:
@@ -388,7 +425,8 @@ class StageRunner:
             ChunkSplit(self.run.run_id, self.stage.name, job.index, start, stop, first_line(public))
         )
         for part in bisection.split(job.part):
-            self._queue(Job(job.index, bisection.items[part[0] : part[1]], part=part), 0.0)
+            items = bisection.items[part[0] : part[1]]
+            self._queue(Job(job.index, items, part=part, cached=job.cached), 0.0)
 
     def _poisoned(self, job: Job, error: BaseException, public: BaseException) -> None:
         """One item alone kills its worker or runs past the timeout: leave it out and report it
@@ -407,7 +445,7 @@ class StageRunner:
         self.run.skip((SkippedItem(step, job.index, item, cause, ""),))
         self.run.emit(ItemSkipped(self.run.run_id, step, job.index, preview(item), cause))
         self.run.stats(step).items_in += 1
-        self._deliver(job, [])
+        self._deliver(job, [[]] if job.cached is not None and job.cached.per_item else [])
 
     def _public_error(self, job: Job, error: BaseException) -> BaseException:
         if isinstance(error, RunError):
