@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import pytest
 from cluster_helpers import in_session
 
+from chaos.chaos_helpers import NannyDaskCluster
 from process_helpers import scheduler_address
 
 START_SECONDS = 60
@@ -106,6 +107,24 @@ def own_dask_cluster(tmp_path: pathlib.Path) -> Iterator[DaskCluster]:
     cluster = DaskCluster(tmp_path, workers=2)
     try:
         cluster.wait_for_workers(2)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def nanny_dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NannyDaskCluster]:
+    """Two single-threaded workers under nannies, which restart a worker that dies (a segfault
+    does not end the cluster), shared by a test module. The scheduler gives up on a task
+    (``KilledWorker``) the first time a worker dies running it: a poison item's part is bisected
+    at once instead of killing 4 workers per split."""
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from distributed import Client
+
+    cluster = NannyDaskCluster(tmp_path_factory.mktemp("nanny-dask"), allowed_failures=0)
+    try:
+        with Client(cluster.address, set_as_default=False, timeout=START_SECONDS) as client:
+            client.wait_for_workers(2, timeout=START_SECONDS)
         yield cluster
     finally:
         cluster.stop()

@@ -1,10 +1,13 @@
 """Poison items on real clusters: a 1,000-item chunk with one item that segfaults its worker is
 bisected on the cluster until that item is found -- skipped alone under ``on_error="skip"``,
 named in the ``WorkerLost`` under ``"raise"`` -- on a Ray head node (whose raylet starts new
-workers itself).
+workers itself) and on Dask (a scheduler and workers under nannies, which restart a worker that
+dies).
 
-Not on Dask yet: on a cluster whose nannies restart killed workers, the parts that shared the
-dying worker come back from the engine as "cancelled" rather than lost (see the CHANGELOG)."""
+Dask's scheduler charges a worker's death to every task assigned to it, the one running and those
+waiting behind it (``EngineTraits.pins_lost_tasks=False``), so the runner bisects one task at a
+time there and names an item only after it killed a worker while running alone: otherwise good
+parts waiting behind the poison would be taken for poison too."""
 
 from __future__ import annotations
 
@@ -72,3 +75,13 @@ def test_ray_skips_only_the_segfaulting_item(ray_cluster: Any) -> None:
 @pytest.mark.timeout(150)
 def test_ray_names_the_segfaulting_item(ray_cluster: Any) -> None:
     _check_named(segfaults_raise, engine="ray", address=ray_cluster.address, log_to_driver=False)
+
+
+@pytest.mark.timeout(60)
+def test_dask_skips_only_the_segfaulting_item(nanny_dask_cluster: Any) -> None:
+    _check_skipped(segfaults_skip, engine="dask", address=nanny_dask_cluster.address)
+
+
+@pytest.mark.timeout(60)
+def test_dask_names_the_segfaulting_item(nanny_dask_cluster: Any) -> None:
+    _check_named(segfaults_raise, engine="dask", address=nanny_dask_cluster.address)

@@ -45,7 +45,7 @@ from ._memory import killed_for_memory, lowered
 from ._placement import Placement
 from ._readers import Reader
 from ._sizing import PROBE_SECONDS, ChunkSizer
-from ._stage_cache import CachedChunk, StageCache
+from ._stage_cache import AligningReader, CachedChunk, StageCache
 
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
@@ -86,6 +86,8 @@ class Job:
     part: Part | None = None  # the items start:stop of the chunk, while it is bisected
     window: int = 0  # the stage's concurrency when it was last launched on the engine
     cached: CachedChunk | None = None  # what the chunk cache knew of the chunk (``items``: the rest)
+    alone: bool = False  # last launched while no other task of its stage was out
+    suspect: bool = False  # one item that lost its worker on an engine that may blame it wrongly
 
     @property
     def count(self) -> int:
@@ -153,6 +155,7 @@ class StageRunner:
         self._retries: list[tuple[float, int, int, Job]] = []  # (due, index, sequence, job)
         self._sequence = itertools.count()  # breaks ties between parts of one chunk
         self._bisections: dict[int, Bisection] = {}
+        self._suspects = 0  # single items queued to rerun alone (see ``_isolating``)
         self._input_done = False
         self._totals_known = reader.total is not None
         for position, step in enumerate(stage.steps):
@@ -213,8 +216,16 @@ class StageRunner:
             return relaxed or self.output.pending() < OUTSTANDING_PER_WINDOW * self.window
         if self._in_flight >= self.window:
             return False
+        if self._in_flight and self._isolating():
+            return False
         held = self._in_flight + len(self._buffer) + (0 if relaxed else self.output.pending())
         return held < OUTSTANDING_PER_WINDOW * self.window + 1
+
+    def _isolating(self) -> bool:
+        """Whether the stage runs one task at a time, so that a lost worker blames the right task:
+        while it hunts poison items on an engine that does not pin lost tasks on the one that
+        was running (``EngineTraits.pins_lost_tasks``)."""
+        return not self.traits.pins_lost_tasks and bool(self._bisections or self._suspects)
 
     def _relaxed(self) -> bool:
         """Whether this stage may outgrow its output bound now: the run is stalled, and a
@@ -226,7 +237,10 @@ class StageRunner:
 
     def _launch(self, job: Job) -> None:
         if self.cache is not None and job.attempt == 0 and job.part is None and job.cached is None:
-            job.cached = self.cache.look_up(job.local_items)
+            keys = (
+                self.reader.keys_of(job.local_items) if isinstance(self.reader, AligningReader) else None
+            )
+            job.cached = self.cache.look_up(job.local_items, keys)
             if job.cached.complete:
                 self._completed(job, TaskResult(None, CACHE, time.time(), 0.0))
                 return
@@ -244,7 +258,7 @@ class StageRunner:
                 retries=self.stage.first.retries if self.traits.retries and not job.part else 0,
                 keep_output=self.keep_output,
             )
-            job.shipped, job.window = True, self.window
+            job.shipped, job.window, job.alone = True, self.window, self._in_flight == 0
             try:
                 future = self.engine.submit(task)
             except Exception as exc:
@@ -305,6 +319,9 @@ class StageRunner:
             job.in_driver = False
         else:
             self._in_flight -= 1
+        if job.suspect:
+            self._suspects -= 1
+            job.suspect = False
         if future.cancelled():
             raise RunError(f"chunk {job.index} of step {self.stage.name!r} was cancelled")
         error = future.exception()
@@ -392,6 +409,11 @@ class StageRunner:
         if may_bisect(error) and isinstance(job.items, list) and not self.keep_output:
             if job.count > 1:
                 self._split(job, public)
+                return
+            if isinstance(error, TaskLost) and not self.traits.pins_lost_tasks and not job.alone:
+                job.suspect = True  # maybe it only waited on a worker another task killed:
+                self._suspects += 1  # rerun it alone before naming it
+                self._queue(job, 0.0)
                 return
             self._poisoned(job, error, public)
             return

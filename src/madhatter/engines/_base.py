@@ -117,6 +117,11 @@ class EngineTraits:
         shares_buffers: large buffers (NumPy arrays and the like) reach the workers through
             shared memory, not in the pickle stream, so the runner weighs shipping them as one
             memory copy when it decides whether a step is worth shipping.
+        pins_lost_tasks: a task that fails with :class:`TaskLost` is the one that was running
+            when its worker died. ``False`` for an engine that also fails the tasks that only
+            waited on that worker (Dask's scheduler blames all of them): the runner then bisects
+            such a stage's chunks one task at a time, and names an item only after it killed a
+            worker while running alone.
 
     Optional capabilities (each a promise about :meth:`Engine.submit`; see docs/engines.md):
 
@@ -134,6 +139,7 @@ class EngineTraits:
     runs_inline: bool = False
     own_environment: bool = False
     shares_buffers: bool = False
+    pins_lost_tasks: bool = True
     retries: bool = False
     keeps_output: bool = False
 

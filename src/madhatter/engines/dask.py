@@ -227,7 +227,11 @@ class DaskEngine(Engine):
 
     name = "dask"
     traits = EngineTraits(
-        task_seconds=0.1, tasks_per_worker=TASKS_PER_WORKER, retries=True, keeps_output=True
+        task_seconds=0.1,
+        tasks_per_worker=TASKS_PER_WORKER,
+        pins_lost_tasks=False,  # a dead worker's queued tasks come back KilledWorker too
+        retries=True,
+        keeps_output=True,
     )
 
     def __init__(
