@@ -80,3 +80,35 @@ def test_new_items_are_computed_and_known_ones_found(tmp_path: pathlib.Path) -> 
     more = runs.run(pipeline, items=150)
     assert more.result == expected(150)
     assert more.computed == {"a": 50, "b": 50, "c": 50}, more
+
+
+WHOLE_CHUNKS = PIPELINE.replace(
+    """@depends(step_b)
+@parallel.map(chunk_by=CHUNK_BY)
+def step_c(x, scale=3):
+    note("c", x)
+    return x * scale""",
+    """@depends(step_b)
+@parallel(chunk_by=CHUNK_BY)
+def step_c(chunk, scale=3):
+    for x in chunk:
+        note("c", x)
+    return [x * scale for x in chunk]""",
+)
+
+
+def test_a_whole_chunk_step_is_found_again_though_chunk_sizes_change(tmp_path: pathlib.Path) -> None:
+    # step_c takes whole chunks: its results are filed per chunk, so a rerun cuts its chunks
+    # where the first run did, whatever sizes it would have chosen itself.
+    runs, pipeline = Runs(tmp_path), write_pipeline(tmp_path, chunk_by=None, text=WHOLE_CHUNKS)
+    first = runs.run(pipeline, "--engine", "processes", "--workers", "2")
+    assert first.result == expected()
+    write_pipeline(tmp_path, chunk_by=7, text=WHOLE_CHUNKS)
+    for options in (["--engine", "threads"], ["--engine", "processes", "--workers", "1"]):
+        again = runs.run(pipeline, *options)
+        assert again.result == expected()
+        assert again.computed == {}, (options, again)
+    more = runs.run(pipeline, items=260)  # new items at the end: only their chunks run
+    assert more.result == expected(260)
+    assert more.computed["c"] <= 60 + 7, more
+    assert more.computed["a"] == 60, more

@@ -48,3 +48,9 @@ def chunk_key(fingerprint: str, parents: Sequence[str]) -> str:
 def output_key(chunk: str, position: int) -> str:
     """The key of a whole-chunk step's output at ``position`` of the chunk keyed ``chunk``."""
     return derive(chunk, str(position))
+
+
+def chunk_start_key(first: str) -> str:
+    """The key under which a whole-chunk step's stage records how many items the chunk starting
+    with the item keyed ``first`` held, so that a rerun cuts its chunks the same way."""
+    return derive("chunk-start", first)

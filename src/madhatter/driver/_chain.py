@@ -34,7 +34,7 @@ from typing import Any
 from .._errors import StepFailed
 from .._results import SkippedItem
 from ..cache import CacheStore
-from ..cache._keys import chunk_key, derive, output_key
+from ..cache._keys import chunk_key, chunk_start_key, derive, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
 
@@ -107,6 +107,11 @@ class ChainCache:
     def per_item_from(self, start: int, ops: tuple[ChainOp, ...]) -> bool:
         """Whether outputs can be told apart per input item when the chain starts at ``start``."""
         return all(op.kind != "chunks" for op in ops[start:])
+
+    @staticmethod
+    def first_chunk_step(ops: tuple[ChainOp, ...]) -> int | None:
+        """The position of the chain's first whole-chunk step, which records chunk boundaries."""
+        return next((i for i, op in enumerate(ops) if op.kind == "chunks"), None)
 
 
 @dataclasses.dataclass
@@ -265,6 +270,9 @@ class ChainTask:
                 units, made = self._item_step(op, fingerprint, chunk, units, skipped)
             seconds = time.perf_counter() - started
             counts.append(StepCount(count_in, len(units), seconds))
+            first_chunk_step = position == self.cache.first_chunk_step(self.ops)
+            if fingerprint is not None and made and first_chunk_step and start == 0 and keys:
+                made.append((chunk_start_key(keys[0]), [len(keys)]))  # so a rerun cuts the same
             if fingerprint is not None and made:
                 records.append((op.step, fingerprint, tuple(made)))
         if per_item:

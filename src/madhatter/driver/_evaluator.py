@@ -29,7 +29,7 @@ from ._context import RunContext
 from ._engines import EngineSet
 from ._readers import ChannelReader, Collector, IterableReader, Reader
 from ._stage import StageRunner
-from ._stage_cache import StageCache, step_fingerprint
+from ._stage_cache import AligningReader, StageCache, step_fingerprint
 
 
 class Evaluator:
@@ -186,6 +186,11 @@ class Evaluator:
             reader = self._channel_reader(upstream)
             upstream_remote = self.runners[upstream.name].keep_output
         task = self._task(stage)
+        cache = None
+        if self.cache is not None and task.cache is not None:
+            cache = StageCache(self.cache, task.ops, task.cache.fingerprints)
+            if not cache.per_item:  # whole-chunk steps: cut chunks where the cached run did
+                reader = AligningReader(reader, cache)
         runner = StageRunner(
             stage,
             task,
@@ -201,11 +206,7 @@ class Evaluator:
                 and not upstream_remote
             ),
             keep_output=self._keeps_output(stage, engine),
-            cache=(
-                StageCache(self.cache, task.ops, task.cache.fingerprints)
-                if self.cache is not None and task.cache is not None
-                else None
-            ),
+            cache=cache,
         )
         self.runners[stage.name] = runner
         return runner

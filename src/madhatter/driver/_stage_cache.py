@@ -9,8 +9,11 @@ rerun with other chunk sizes, workers or engine still finds every item, and a ru
 way recomputes only what was in flight.
 
 A stage with a whole-chunk step (``@parallel``) is cached per chunk: its outputs cannot be told
-apart per item, so a chunk is either found to the end or runs whole. Such hits need the same chunk
-boundaries as the run that filed them (``chunk_by=`` makes them so).
+apart per item, so a chunk is either found to the end or runs whole. Such hits need the chunk
+boundaries of the run that filed them, so that run records where each chunk began and how long it
+was, and an :class:`AligningReader` cuts a rerun's chunks the same way, whatever the chunk size
+the run would have chosen: a chunk that begins at a recorded start takes its recorded length, and
+a chunk ends before an item that began one.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from typing import Any
 
 from ..cache import CacheStore
 from ..cache._fingerprint import Fingerprint, fingerprint_step
-from ..cache._keys import chunk_key, content_key, derive, output_key
+from ..cache._keys import chunk_key, chunk_start_key, content_key, derive, output_key
 from ..graph import Graph, Step
-from ._chain import ChainOp
+from ._chain import ChainCache, ChainOp
+from ._channel import Chunk
+from ._readers import Reader
 
 
 def step_fingerprint(step: Step, params: Mapping[str, Any]) -> Fingerprint:
@@ -87,9 +92,18 @@ class StageCache:
             store.index(op.step, fingerprint) if fingerprint is not None else None
             for op, fingerprint in zip(ops, fingerprints, strict=True)
         ]
+        first = ChainCache.first_chunk_step(tuple(ops))
+        self._starts = self._indexes[first] if first is not None else None
 
-    def look_up(self, items: list[Any]) -> CachedChunk:
-        keys = [content_key(item) for item in items]
+    def recorded_length(self, key: str) -> int | None:
+        """How many items the chunk that began with the item keyed ``key`` held, if recorded."""
+        index = self._starts
+        found = index.get(chunk_start_key(key)) if index is not None else None
+        return found[0] if found else None
+
+    def look_up(self, items: list[Any], keys: list[str] | None = None) -> CachedChunk:
+        """What is known of the chunk ``items`` (their ``keys``, when already computed)."""
+        keys = keys if keys is not None else [content_key(item) for item in items]
         if self.per_item:
             return self._per_item(items, keys)
         return self._whole_chunk(items, keys)
@@ -193,6 +207,63 @@ class StageCache:
             return CachedChunk(len(self.kinds), [], [], [], {0: outputs}, counts, False)
         no_counts = [(0, 0)] * len(self.kinds)
         return CachedChunk(0, list(items), keys, list(range(len(items))), {}, no_counts, False)
+
+
+class AligningReader:
+    """A stage's reader that cuts chunks where the cached run cut them (whole-chunk stages).
+
+    Items read past a cut wait here for the next chunk. The keys computed to find the cuts are
+    kept for the chunk's lookup (:meth:`keys_of`), so no item is hashed twice."""
+
+    def __init__(self, reader: Reader, cache: StageCache) -> None:
+        self._reader, self._cache = reader, cache
+        self._held: list[Any] = []
+        self._held_keys: list[str] = []
+        self._last: tuple[list[Any], list[str]] | None = None
+
+    def ready(self, count: int) -> bool:
+        return len(self._held) >= count or self._reader.ready(count - len(self._held))
+
+    def available(self) -> int:
+        return len(self._held) + self._reader.available()
+
+    def read(self, count: int) -> Chunk:
+        items, keys = self._take(count)
+        recorded = self._cache.recorded_length(keys[0]) if keys else None
+        if recorded is not None and recorded > len(items) and self._reader.ready(recorded - len(items)):
+            more, more_keys = self._take(recorded - len(items))
+            items, keys = items + more, keys + more_keys
+        cut = recorded if recorded is not None and recorded <= len(items) else len(items)
+        for position in range(1, cut):
+            if self._cache.recorded_length(keys[position]) is not None:
+                cut = position  # a recorded chunk begins here: end this one before it
+                break
+        self._held, self._held_keys = items[cut:] + self._held, keys[cut:] + self._held_keys
+        items, keys = items[:cut], keys[:cut]
+        self._last = (items, keys)
+        return items
+
+    def keys_of(self, items: list[Any]) -> list[str] | None:
+        """The keys of ``items`` if it is the chunk this reader last returned."""
+        return self._last[1] if self._last is not None and self._last[0] is items else None
+
+    def _take(self, count: int) -> tuple[list[Any], list[str]]:
+        items, keys = self._held[:count], self._held_keys[:count]
+        del self._held[:count], self._held_keys[:count]
+        if len(items) < count:
+            fresh = self._reader.read(count - len(items))
+            if not isinstance(fresh, list):
+                raise RuntimeError("madhatter internal error: a remote chunk in a cached stage")
+            items, keys = items + fresh, keys + [content_key(item) for item in fresh]
+        return items, keys
+
+    @property
+    def exhausted(self) -> bool:
+        return self._reader.exhausted and not self._held
+
+    @property
+    def total(self) -> int | None:
+        return self._reader.total
 
 
 def explain(store: CacheStore, graph: Graph, name: str, params: Mapping[str, Any]) -> list[str]:
