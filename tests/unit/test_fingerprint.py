@@ -574,3 +574,91 @@ def test_change_sentences() -> None:
         "Python cpython 3.11 -> cpython 3.12",
     ]
     assert after.changes(after) == []
+
+
+def _fresh_digests(directory: pathlib.Path, module: str, names: tuple[str, ...]) -> dict[str, str]:
+    """The digests a fresh process computes for ``names`` of ``module``, imported from
+    ``directory`` (so from the file as it is now on disk)."""
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(directory)!r})\n"
+        "from madhatter.cache._fingerprint import fingerprint_step\n"
+        f"import {module} as steps\n"
+        f"print(*(fingerprint_step(getattr(steps, n)).digest for n in {names!r}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True, timeout=60
+    )
+    return dict(zip(names, done.stdout.split(), strict=True))
+
+
+def _rewrite(path: pathlib.Path, text: str) -> None:
+    """Edit a module's file after it was imported, with a new mtime: ``linecache`` (and a stale
+    ``.pyc``) tell versions apart by mtime and size."""
+    path.write_text(text)
+    stamp = time.time_ns() + 10**10
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        pytest.param(
+            "steps", "helpers.helper(x) + threshold", "helpers.helper(x) - threshold", id="step-body"
+        ),
+        pytest.param("helpers", "return x * SCALE", "return x * SCALE * 2", id="helper-body"),
+        pytest.param("helpers", "* self.factor", "* self.factor + 1", id="method-body"),
+        pytest.param("helpers", "factor = 2", "factor = 4", id="class-attribute"),
+        pytest.param("helpers", "return x - 1", "return x - 2", id="unused-helper"),
+    ],
+)
+def test_source_edited_after_import_is_not_taken_for_the_running_code(
+    load: Load, module: str, old: str, new: str
+) -> None:
+    """A long-lived process (a service worker, a notebook) runs the code it imported: if its file
+    is edited later, the fingerprint must not describe the new text, or a fresh process running the
+    new code would reuse results that the old code made."""
+    names = ("clean", "shape", "dump")
+    modules = load(steps=STEPS, helpers=HELPERS)
+    original = _fresh_digests(modules.directory, f"{modules.prefix}steps", names)
+    path = modules.directory / f"{modules.prefix}{module}.py"
+    _rewrite(path, _edit(path.read_text(), old, new))
+    edited = _fresh_digests(modules.directory, f"{modules.prefix}steps", names)
+    stale = {n: fingerprint_step(getattr(modules.steps, n)).digest for n in names}
+    for name in names:
+        if edited[name] == original[name]:  # the edit does not change what this step runs
+            assert stale[name] == original[name], name
+        else:  # the stale code is hashed by code object: unlike the new source and the old (a miss)
+            assert stale[name] != edited[name], name
+            assert stale[name] != original[name], name
+
+
+def test_source_edited_after_import_only_in_docstrings_and_comments_still_counts(
+    load: Load,
+) -> None:
+    """Source differing from the running code only in what a fingerprint ignores still describes
+    it (edits that move code to other lines do not: see the limitation in ``_info``)."""
+    source = """
+        def helper(x):
+            \"\"\"Add one.\"\"\"
+            return x + 1
+
+
+        def step(x):
+            return helper(x)
+    """
+    original = fingerprint_step(load(steps=source).steps.step)
+    modules = load(steps=source)
+    path = modules.directory / f"{modules.prefix}steps.py"
+    text = _edit(path.read_text(), "Add one.", "Add one to x, which is a number.")
+    _rewrite(path, _edit(text, "return helper(x)", "return helper(x)  # delegate"))
+    assert fingerprint_step(modules.steps.step) == original
+
+
+def test_code_fingerprinted_before_an_edit_keeps_its_fingerprint(load: Load) -> None:
+    modules = load(steps=STEPS, helpers=HELPERS)
+    before = fingerprint_step(modules.steps.clean)
+    path = modules.directory / f"{modules.prefix}helpers.py"
+    _rewrite(path, _edit(path.read_text(), "return x * SCALE", "return x * SCALE * 2"))
+    assert fingerprint_step(modules.steps.clean) == before  # the same code still runs
