@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium (Debian's ``chromium``, driven by Playwright): start a run
-from the form, watch its progress reach 100% live, open the result; a screenshot of the run page is
-kept under ``artifacts/`` (git-ignored) for CI to collect."""
+from the form, watch its progress reach 100% live, open the result, re-run it and see that it came
+from the worker's chunk cache; screenshots of the run pages are kept under ``artifacts/``
+(git-ignored) for CI to collect."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def server(tmp_path: pathlib.Path) -> Iterator[Server]:
     pipeline = write_pipeline(tmp_path, "steady", STEADY)
     broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
     args = [str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads"]
+    args += ["--cache", str(tmp_path / "cache")]
     started = Server(args, free_port(), tmp_path / "server.log")
     started.start()
     try:
@@ -88,8 +90,22 @@ def test_a_run_started_from_the_form_is_followed_live_to_its_result(
             assert bars.evaluate_all("bars => bars.map(bar => bar.value)") == [100, 100, 100]
             assert page.locator("#run-status").inner_text() == "succeeded"
             assert "'sum': 70210" in page.locator("#result-preview").inner_text()
+            assert page.locator("#run-cached-fact").is_hidden()  # the first run computed all
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "run-page.png"), full_page=True)
+
+            # the re-run finds every item of square in the worker's chunk cache, and says so
+            page.get_by_role("button", name="Re-run with the same parameters").click()
+            page.wait_for_url(lambda url: url.rpartition("/")[2] not in ("", run_id))
+            page.wait_for_selector("#result-preview", timeout=60_000)
+            page.wait_for_function("Number(document.getElementById('run').dataset.updates || 0) > 0")
+            assert page.locator("#run-status").inner_text() == "succeeded"
+            assert "'sum': 70210" in page.locator("#result-preview").inner_text()
+            square = page.get_by_role("row").filter(has_text="square")
+            assert "60 of 60 items from cache" in square.inner_text()  # redrawn by the script
+            assert page.locator("#run-cached").is_visible()
+            assert page.locator("#run-cached").inner_text().startswith("60 of 60 items from cache")
+            page.screenshot(path=str(SCREENSHOTS / "rerun-page.png"), full_page=True)
 
             result = page.goto(f"{server.url}/api/runs/{run_id}/result")
             assert result is not None

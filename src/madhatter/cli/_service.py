@@ -22,6 +22,17 @@ from ._run import print_result
 BROKER_HELP = "the run store: sqlite:///FILE (default sqlite:///madhatter.db) or redis://HOST:PORT/DB"
 
 
+def _add_cache_argument(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument(
+        "--cache",
+        metavar="DIR_OR_URL",
+        help=f"{whose}keep step outputs in this chunk cache and reuse those whose code, parameters "
+        "and input are unchanged, so a re-run of a failed or cancelled run resumes where it "
+        "stopped: a folder or an fsspec URL (s3://bucket/prefix) shared by all workers "
+        "(default: no cache)",
+    )
+
+
 def add_service_commands(commands: Any) -> None:
     """Register the service's commands on the ``madhatter`` parser."""
     serve = commands.add_parser(
@@ -42,6 +53,7 @@ def add_service_commands(commands: Any) -> None:
         help="also start one worker process on the same store (a first look on one machine)",
     )
     add_engine_arguments(serve, whose="the --with-worker worker's engine: ")
+    _add_cache_argument(serve, "the --with-worker worker's cache: ")
     serve.set_defaults(handler=serve_command)
 
     worker = commands.add_parser(
@@ -68,6 +80,7 @@ def add_service_commands(commands: Any) -> None:
         "--poll", type=float, default=0.1, metavar="SECONDS", help="idle wait between queue checks"
     )
     worker.add_argument("--name", help="this worker's name on runs (default host:pid)")
+    _add_cache_argument(worker, "")
     worker.set_defaults(handler=worker_command)
 
     client_options = argparse.ArgumentParser(add_help=False)
@@ -108,6 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         with_worker=args.with_worker,
         engine=args.engine,
         engine_options=engine_options(args),
+        cache=args.cache,
     )
     return 0
 
@@ -128,6 +142,7 @@ def worker_command(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         poll_seconds=args.poll,
         follow=not args.targets,  # serve's pipelines, those it records later included
+        cache=args.cache,
     )
     work(worker)
     return 0

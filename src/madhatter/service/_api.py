@@ -108,6 +108,34 @@ class RunsPage(BaseModel):
     limit: int
 
 
+class StepProgressOut(BaseModel):
+    """One step's progress: the fold of its events, the numbers ``madhatter run`` draws."""
+
+    name: str
+    total: int | None = Field(description="the step's items in, once known")
+    done: int = Field(description="items in so far (those found in the chunk cache included)")
+    items_out: int
+    work_seconds: float = Field(description="time the step's function spent on the engine")
+    started_at: float | None
+    finished_at: float | None
+    retries: int = Field(description="chunks tried again")
+    skipped: int = Field(description="items that failed and were skipped (`on_error`)")
+    cached: int = Field(
+        description="of `done`, the items found in the chunk cache, not computed (0 unless the "
+        "worker has a cache: `madhatter worker --cache`)"
+    )
+    percent: float = Field(description="0 to 100; 0 while the total is unknown")
+    rate: float = Field(description="items per second")
+
+
+class ProgressOut(BaseModel):
+    """A run's progress, per step in plan order (its current attempt's; empty while queued)."""
+
+    status: StatusName
+    items: int
+    steps: list[StepProgressOut]
+
+
 class EventsPage(BaseModel):
     events: list[dict[str, Any]]
     next: int = Field(description="pass as `after` to get the events that follow")
@@ -124,6 +152,7 @@ RUN_LINKS: dict[str, Any] = {
     for link, operation in [
         ("GetRun", "get_run"),
         ("GetRunEvents", "get_run_events"),
+        ("GetRunProgress", "get_run_progress"),
         ("StreamRun", "stream_run"),
         ("CancelRun", "cancel_run"),
         ("RerunRun", "rerun_run"),
@@ -134,8 +163,8 @@ RUN_LINKS: dict[str, Any] = {
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "description": "One server-sent event of the stream: `madhatter` (a progress event, with its "
-    "cursor as `id`), `progress` (a snapshot of the run's steps) or `end` (the run's final status); "
-    "`data` is JSON.",
+    "cursor as `id`), `progress` (a snapshot of the run's steps, as `GET /api/runs/{run_id}/progress` "
+    "answers) or `end` (the run's final status); `data` is JSON.",
     "properties": {
         "event": {"type": "string", "enum": ["madhatter", "progress", "end"]},
         "data": {"type": "string", "contentMediaType": "application/json"},
@@ -289,6 +318,20 @@ def api_router(service: Service) -> APIRouter:
         return {"events": [e for _, e in events], "next": events[-1][0] if events else after}
 
     @router.get(
+        "/api/runs/{run_id}/progress",
+        response_model=ProgressOut,
+        tags=["runs"],
+        operation_id="get_run_progress",
+        responses=NO_RUN,
+    )
+    def get_progress(run_id: str) -> dict[str, Any]:
+        """The run's progress per step (of its current attempt): items done of total, items out,
+        how many were found in the chunk cache, retries, skipped items, rate."""
+        record = service.found(run_id)
+        view = RunView(record.attempt).add_all(e for _, e in service.store.events(run_id))
+        return progress_out(record, view)
+
+    @router.get(
         "/api/runs/{run_id}/stream",
         tags=["runs"],
         operation_id="stream_run",
@@ -382,12 +425,7 @@ async def _stream(store: Store, record: RunRecord, cursor: int, request: Request
             progress.add(event)
             yield f"id: {seq}\nevent: madhatter\ndata: {json.dumps(event)}\n\n"
         if events or first:
-            snapshot = {
-                "status": current.status,
-                "items": current.items,
-                "steps": progress.snapshot(time.time()),
-            }
-            yield f"event: progress\ndata: {json.dumps(snapshot)}\n\n"
+            yield f"event: progress\ndata: {json.dumps(progress_out(current, progress))}\n\n"
             first = False
         if current.terminal:
             yield f"event: end\ndata: {json.dumps({'status': current.status})}\n\n"
@@ -395,6 +433,11 @@ async def _stream(store: Store, record: RunRecord, cursor: int, request: Request
         if await request.is_disconnected():
             return
         await anyio.sleep(STREAM_POLL_SECONDS)
+
+
+def progress_out(record: RunRecord, view: RunView) -> dict[str, Any]:
+    """What ``GET /api/runs/{run_id}/progress`` answers, and each ``progress`` event streams."""
+    return {"status": record.status, "items": record.items, "steps": view.snapshot(time.time())}
 
 
 async def _fold(store: Store, run_id: str, attempt: int, cursor: int) -> RunView:

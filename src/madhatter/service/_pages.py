@@ -18,7 +18,7 @@ from . import _auth
 from ._api import Service, StatusName
 from ._charts import timeline_svg
 from ._extras import require_web
-from ._progress import RunView
+from ._progress import RunView, cache_share
 from ._records import STATUSES
 from ._registry import InvalidParams
 
@@ -113,12 +113,18 @@ def pages_router(service: Service, *, token_digest: str | None) -> APIRouter:
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         record = service.found(run_id)
         view = RunView(record.attempt).add_all(e for _, e in service.store.events(run_id))
-        now = time.time()
+        steps = view.snapshot(time.time())
+        cacheable = None  # the steps the chunk cache keeps, if the pipeline is still registered
+        if record.pipeline in service.registry:
+            graph = service.registry.get(record.pipeline).graph
+            cacheable = [name for name, step in graph.steps.items() if step.is_parallel and step.cache]
         return page(
             request,
             "run.html",
             run=record,
-            steps=view.snapshot(now),
+            steps=steps,
+            cacheable=cacheable,
+            cache_share=cache_share(steps, cacheable),
             logs=view.logs,
             engine=view.engine,
             timeline=timeline_svg(view.bars),

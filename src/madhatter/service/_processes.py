@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._pipeline import DEFAULT_ENGINE
+from ..cache import CacheStore
 from ._auth import setup_token
 from ._extras import require_web
 from ._registry import Registry
@@ -52,6 +53,7 @@ def serve(
     with_worker: bool = False,
     engine: str = DEFAULT_ENGINE,
     engine_options: Mapping[str, Any] | None = None,
+    cache: str | os.PathLike[str] | None = None,
     announce: Announce = _to_stderr,
 ) -> None:
     """Serve the web pages and JSON API for ``targets`` until stopped (Ctrl-C or SIGTERM).
@@ -66,12 +68,15 @@ def serve(
         with_worker: also start one worker process on the same store, and stop it on the way out.
         engine, engine_options: that worker's engine and its options (ints, floats, booleans
             and text, as ``--engine-option`` gives them).
+        cache: that worker's chunk cache (a folder or an fsspec URL; see :class:`Worker`); None
+            for none. Workers started apart take their own (``madhatter worker --cache``).
         announce: where to say what is being served, and a generated token.
     """
     uvicorn = require_web("uvicorn")
     from ._app import create_app  # the web libraries: only once serving is asked for
 
     registry = Registry.load(targets)
+    location = None if cache is None else CacheStore.open(cache).location  # fails here, not later
     store = open_store(broker)
     worker = None
     try:
@@ -80,7 +85,12 @@ def serve(
         if new_token:
             announce(f"generated this server's token (shown once): {new_token}")
         if with_worker:
-            worker = _start_worker(store.url, engine, engine_options or {})
+            worker = _start_worker(store.url, engine, engine_options or {}, location)
+        elif location is not None:
+            announce(
+                "--cache is for the --with-worker worker, and there is none: give each "
+                "`madhatter worker` its --cache"
+            )
         names = ", ".join(registry.names()) or "no pipelines"
         announce(f"serving {names} on http://{host}:{port} (store {store.url})")
         app = create_app(store, registry, token_digest=digest)
@@ -92,12 +102,16 @@ def serve(
         store.close()
 
 
-def _start_worker(url: str, engine: str, options: Mapping[str, Any]) -> subprocess.Popen[bytes]:
+def _start_worker(
+    url: str, engine: str, options: Mapping[str, Any], cache: str | None
+) -> subprocess.Popen[bytes]:
     """A ``madhatter worker`` process on the store at ``url`` that stops when this process does."""
     command = [sys.executable, "-m", "madhatter", "worker", "--broker", url, "--engine", engine]
     for name, value in options.items():
         text = json.dumps(value) if isinstance(value, bool) else str(value)
         command += ["--engine-option", f"{name}={text}"]
+    if cache is not None:
+        command += ["--cache", cache]
     return subprocess.Popen(command, env={**os.environ, PARENT_ENV: str(os.getpid())})
 
 
@@ -114,7 +128,8 @@ def work(worker: Worker, *, announce: Announce = _to_stderr) -> None:
     worker.announce = announce
     worker.learn(quiet=True)  # a worker that follows the store: what serve recorded so far
     names = ", ".join(worker.registry.names())
-    where = f"on {worker.engine} (store {worker.store_url})"
+    cache = f", chunk cache {worker.cache}" if worker.cache is not None else ""
+    where = f"on {worker.engine} (store {worker.store_url}{cache})"
     if not names:
         announce(
             f"worker {worker.name} waiting {where}: no pipelines are registered on this store yet; "

@@ -11,7 +11,7 @@ as events arrive.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from .._events import (
@@ -86,3 +86,18 @@ class RunView:
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """The steps' progress as JSON-ready dicts, in plan order."""
         return [step.to_dict(now) for step in self.progress.steps.values()]
+
+
+def cache_share(
+    steps: Iterable[Mapping[str, Any]], cacheable: Collection[str] | None
+) -> tuple[int, int]:
+    """A run's line about the chunk cache: ``(found, of)``, the items found in the cache and the
+    items in, summed over the steps the cache keeps (``cacheable``: the parallel steps not made
+    with ``cache=False``; when the pipeline is not known, those with any found). Driver steps are
+    left out: they always run, and would make a run found whole look half computed. ``steps`` are
+    :meth:`RunView.snapshot`'s; ``static/run.js`` sums the same way."""
+    found = of = 0
+    for step in steps:
+        if step["name"] in cacheable if cacheable is not None else step["cached"] > 0:
+            found, of = found + step["cached"], of + step["done"]
+    return found, of

@@ -17,6 +17,12 @@ A worker started without pipelines of its own *follows* the store: it loads the 
 recorded there, when it starts (there may be none yet: it waits), every :data:`FOLLOW_SECONDS` while
 idle, and at once when it leases a run of a pipeline it does not know. So workers and ``serve`` start
 in any order, and a worker learns the pipelines of a ``serve`` restarted with more.
+
+A worker given a chunk cache (``cache=``, ``madhatter worker --cache DIR_OR_URL``) runs every run
+with it (:meth:`Pipeline.execute`'s ``cache=``): results of steps whose code, parameters and input
+are unchanged are found instead of computed, and each finished chunk is filed. Workers sharing one
+cache (a shared folder, or an fsspec URL such as ``s3://bucket/prefix``) share what they computed,
+so a re-run of a failed or cancelled run resumes where it stopped, on whichever worker takes it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 from .._errors import RunCancelled, RunError, StepFailed, first_line
 from .._events import ChunkDone, Event, RunFinished, StepFinished
 from .._pipeline import DEFAULT_ENGINE
+from ..cache import CacheStore
 from . import _results
 from ._records import (
     CANCELLED,
@@ -141,6 +148,8 @@ class Worker:
             module docstring); for a worker started without pipelines of its own.
         announce: where the worker says which pipelines it learned, or could not load (by default
             the ``madhatter.service`` logger; :func:`work` points it at its own ``announce``).
+        cache: the chunk cache every run uses (see the module docstring): a folder (made absolute
+            here) or an fsspec URL; None (the default) for none.
     """
 
     def __init__(
@@ -157,6 +166,7 @@ class Worker:
         poll_seconds: float = 0.1,
         follow: bool = False,
         announce: Callable[[str], None] = logger.info,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.store_url = store_url
         self.registry = registry
@@ -166,6 +176,8 @@ class Worker:
         self.engine_options = dict(engine_options or {})
         self.lease_seconds, self.poll_seconds = lease_seconds, poll_seconds
         self.follow, self.announce = follow, announce
+        self.cache = None if cache is None else CacheStore.open(cache).location
+        """The chunk cache's location (an absolute folder, or a URL), or None."""
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._learning = threading.Lock()
@@ -250,7 +262,8 @@ class Worker:
         with self._lock:
             self._active[run.id] = active
         sink = _EventSink(store, active)
-        sink.log(f"attempt {lease.token} started on worker {run.worker} (engine {self.engine})")
+        cache = f", chunk cache at {self.cache}" if self.cache is not None else ""
+        sink.log(f"attempt {lease.token} started on worker {run.worker} (engine {self.engine}{cache})")
         handler = _RunLogHandler(sink)
         logging.getLogger().addHandler(handler)
         try:
@@ -285,6 +298,7 @@ class Worker:
                 params=run.params,
                 listeners=[sink],
                 cancel=active.cancel,
+                cache=self.cache,
                 **self.engine_options,
             )
         except RunCancelled:

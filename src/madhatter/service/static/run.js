@@ -8,7 +8,10 @@
   const body = document.getElementById("steps-body");
   const status = document.getElementById("run-status");
   const items = document.getElementById("run-items");
+  const cachedFact = document.getElementById("run-cached-fact");
+  const cached = document.getElementById("run-cached");
   const wasTerminal = root.dataset.terminal === "true";
+  const cacheable = JSON.parse(root.dataset.cacheable || "null");  // the steps the cache keeps
   const source = new EventSource("/api/runs/" + encodeURIComponent(id) + "/stream");
 
   function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
@@ -25,7 +28,14 @@
     tr.appendChild(td);
     tr.appendChild(cell(step.percent.toFixed(0) + "%"));
     const source = step.total === 0 && step.items_out > 0;  // a source: items out, none in
-    tr.appendChild(cell(source ? step.items_out + " out" : step.done + (step.total !== null ? " / " + step.total : "")));
+    const count = cell(source ? step.items_out + " out" : step.done + (step.total !== null ? " / " + step.total : ""));
+    if (step.cached > 0) {  // found in the chunk cache, not computed
+      const note = document.createElement("span");
+      note.className = "cached";
+      note.textContent = step.cached + " of " + step.done + " items from cache";
+      count.append(document.createElement("br"), note);
+    }
+    tr.appendChild(count);
     tr.appendChild(cell(step.rate.toFixed(1) + " items/s"));
     return tr;
   }
@@ -38,6 +48,15 @@
     items.textContent = data.items;
     if (data.steps.length) {
       body.replaceChildren.apply(body, data.steps.map(row));
+      let found = 0, of = 0;  // as cache_share in _progress.py
+      data.steps.forEach(function (step) {
+        if (cacheable !== null ? cacheable.indexOf(step.name) >= 0 : step.cached > 0) {
+          found += step.cached; of += step.done;
+        }
+      });
+      cachedFact.hidden = found === 0;
+      cached.textContent = found + " of " + of + " items from cache, over the parallel steps" +
+        (of ? " (" + Math.floor(100 * found / of) + "%)" : "");
     }
   });
   source.addEventListener("end", function () {
