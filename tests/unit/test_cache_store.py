@@ -214,11 +214,11 @@ KILLED_WRITER = """
 import os, sys
 from madhatter.cache import _store
 
-def die_half_written(fd):
-    os.ftruncate(fd, os.fstat(fd).st_size // 2)
+def die_half_written(source, target):
+    os.truncate(source, os.stat(source).st_size // 2)
     os._exit(7)  # killed before the rename: no cleanup, no atexit
 
-_store.os.fsync = die_half_written
+_store.os.replace = die_half_written
 store = _store.CacheStore.open(sys.argv[1])
 store.write("score", "0123456789abcdef0123456789abcdef", [(f"{n:032x}", [n] * 1000) for n in range(50)])
 """
@@ -319,15 +319,16 @@ def test_a_full_disk_raises_and_leaves_no_partial_file(tiny_disk: pathlib.Path) 
     assert len(store.index("score", FP)) == 10
 
 
-def test_a_failing_flush_raises_and_leaves_no_partial_file(
+def test_a_failing_rename_raises_and_leaves_no_partial_file(
     store: CacheStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same without root: the disk fills up at fsync (as NFS reports it)."""
+    """The same without root: the last step fails with a full disk (a unit edge; the tmpfs
+    test above fills a real disk)."""
 
-    def full(fd: int) -> None:
+    def full(source: str, target: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("madhatter.cache._store.os.fsync", full)
+    monkeypatch.setattr("madhatter.cache._store.os.replace", full)
     with pytest.raises(CacheWriteError, match=r"step 'score' to .*cache: no space left"):
         store.write("score", FP, _chunk(0))
     assert _entries(tmp_path / "cache", "*.*") == []

@@ -1,11 +1,14 @@
 """Item keys: what a cached result is filed under.
 
-A stage's input item is keyed on its content (the digest of its pickle). Every step's output is
-then keyed on its lineage: ``derive(step_fingerprint, input_key)``, so the key of step C's output
-for an item says which code, with which parameters, made it from which input, through A and B;
-edit B and B's and C's keys change, A's do not. A whole-chunk step (``@parallel``) keys its
-chunk's outputs on the keys of all the chunk's inputs (``chunk_key``) and each output on its
-position among them.
+A stage's input item is keyed on its content (the digest of its pickle). A step's outputs are
+filed in a folder named after the step's *lineage*: its own fingerprint chained with those of the
+stage's steps before it (:func:`lineage`), under the key of the item they came from. So what
+step C made of an item is found by the item's key in C's lineage folder, which says which code,
+with which parameters, made it through A and B: edit B and B's and C's lineages change, A's
+does not; and the driver finds an item's deepest known step with one lookup per step, no hashing.
+A whole-chunk step (``@parallel``) keys its chunk's outputs on the keys of all the chunk's inputs
+(:func:`chunk_key`) and each output on its position among them (:func:`output_key`); the steps
+after it file under those.
 
 Keys are 32 hex digits of BLAKE2b (128 bits): collisions are not a practical concern.
 """
@@ -35,6 +38,20 @@ def content_key(item: Any) -> str:
 def derive(fingerprint: str, parent: str) -> str:
     """The key of what a step with ``fingerprint`` made from the input keyed ``parent``."""
     return hashlib.blake2b(f"{fingerprint}/{parent}".encode(), digest_size=DIGEST_BYTES).hexdigest()
+
+
+def lineage(fingerprints: Sequence[str | None]) -> tuple[str | None, ...]:
+    """Each step's fingerprint chained with those before it in the stage; ``None`` from the
+    first step that is not cached (the outputs after it depend on its)."""
+    chained: list[str | None] = []
+    previous = ""
+    for fingerprint in fingerprints:
+        if fingerprint is None or (chained and chained[-1] is None):
+            chained.append(None)
+            continue
+        previous = derive(previous, fingerprint)
+        chained.append(previous)
+    return tuple(chained)
 
 
 def chunk_key(fingerprint: str, parents: Sequence[str]) -> str:

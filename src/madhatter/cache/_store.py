@@ -216,6 +216,11 @@ class CacheStore:
         except OSError as exc:
             raise CacheWriteError(self.location, step, _describe(exc)) from exc
 
+    def has_entries(self, step: str, fingerprint: str) -> bool:
+        """Whether anything is filed for ``step`` under ``fingerprint`` (a listing, no reads)."""
+        directory = self._dir(step, fingerprint)
+        return any(f.name.endswith(ENTRY_SUFFIX) for f in self._io.listing(directory))
+
     def index(self, step: str, fingerprint: str) -> StepIndex:
         """Every cached output of ``step`` under ``fingerprint``, by item key.
 
@@ -521,9 +526,14 @@ class _LocalFiles:
         return "/".join(parts)
 
     def write_atomic(self, directory: str, name: str, blob: bytes) -> None:
-        """Write to a hidden temporary file beside the target, flush it to disk, rename it over
-        the target; on any error remove the temporary file. Created with ``open`` rather than
-        ``mkstemp`` so that the umask, not ``0600``, decides who else may read a shared cache."""
+        """Write to a hidden temporary file beside the target and rename it over the target; on
+        any error remove the temporary file. Created with ``open`` rather than ``mkstemp`` so
+        that the umask, not ``0600``, decides who else may read a shared cache.
+
+        No ``fsync``: the rename makes the entry whole to every reader, and a process killed at
+        any point leaves the page cache intact. Only a power loss or a kernel crash can leave an
+        entry short, which its checksum reveals (it is then recomputed); an ``fsync`` per entry
+        cost W3 a fifth of its run time."""
         temporary = f"{directory}/.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
@@ -534,8 +544,6 @@ class _LocalFiles:
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(blob)
-                file.flush()
-                os.fsync(file.fileno())
             os.replace(temporary, f"{directory}/{name}")
         except BaseException:
             with contextlib.suppress(OSError):

@@ -34,7 +34,7 @@ from typing import Any
 from .._errors import StepFailed
 from .._results import SkippedItem
 from ..cache import CacheStore
-from ..cache._keys import chunk_key, chunk_start_key, derive, output_key
+from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
 
@@ -74,21 +74,21 @@ class StepCount:
 
 
 Records = tuple[tuple[str, str, tuple[tuple[str, list[Any]], ...]], ...]
-"""Cache records of a chunk: ``(step, fingerprint, ((key, outputs), ...))`` per step."""
+"""Cache records of a chunk: ``(step, lineage, ((key, outputs), ...))`` per step."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ChunkOutcome:
     """The result of a chunk: outputs, per-step counts (in chain order) and skipped items.
 
-    With the cache on: ``per_item`` when ``outputs`` holds one list of outputs per input item, and
+    With the cache on: ``nested`` when ``outputs`` holds one list of outputs per input item, and
     the cache ``records`` the driver is to write (when the chunk's worker could not reach the
     store itself)."""
 
     outputs: list[Any]
     counts: tuple[StepCount, ...]
     skipped: tuple[SkippedItem, ...] = ()
-    per_item: bool = False
+    nested: bool = False
     records: Records = ()
 
 
@@ -99,28 +99,20 @@ class ChainCache:
     ``fingerprints`` has one entry per step of the chain: ``None`` for a step that is not cached
     (``cache=False``) and every step after it in the chain (their outputs depend on its). With
     ``store=None`` the chunk's records go back to the driver, which writes them (an engine whose
-    workers cannot reach the store, such as containers)."""
+    workers cannot reach the store, such as containers). ``lineage`` chains them
+    (``madhatter.cache._keys.lineage``): what each step's output keys derive from."""
 
     fingerprints: tuple[str | None, ...]
     store: CacheStore | None
+    lineage: tuple[str | None, ...] = dataclasses.field(init=False)
 
-    def per_item_from(self, start: int, ops: tuple[ChainOp, ...]) -> bool:
-        """Whether outputs can be told apart per input item when the chain starts at ``start``."""
-        return all(op.kind != "chunks" for op in ops[start:])
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lineage", lineage(self.fingerprints))
 
     @staticmethod
     def first_chunk_step(ops: tuple[ChainOp, ...]) -> int | None:
         """The position of the chain's first whole-chunk step, which records chunk boundaries."""
         return next((i for i, op in enumerate(ops) if op.kind == "chunks"), None)
-
-
-@dataclasses.dataclass
-class _Unit:
-    """One value travelling down a cached chain: its key, and the input item it came from."""
-
-    key: str
-    value: Any
-    origin: int
 
 
 _setups: dict[tuple[str, str, int], Mapping[str, Any]] = {}
@@ -220,12 +212,14 @@ class ChainTask:
     cache: ChainCache | None = None
 
     def __call__(self, argument: tuple[Any, ...]) -> ChunkOutcome:
-        """``argument`` is ``(chunk, items)``, or with the cache ``(chunk, items, start, keys)``:
-        run the steps from ``start`` on, ``keys`` being the items' keys as that step's input."""
+        """``argument`` is ``(chunk, items)``, or with the cache ``(chunk, items, start, keys,
+        nested)``: run the steps from ``start`` on, ``keys`` being the items' keys as that step's
+        input (``None``: hash the items here), and answer one list of outputs per item when
+        ``nested`` (the driver merges them with items it found in the cache)."""
         with deadline(self.timeout):
-            if len(argument) == 4 and self.cache is not None:
-                chunk, items, start, keys = argument
-                return self._run_cached(chunk, items, start, keys)
+            if len(argument) == 5 and self.cache is not None:
+                chunk, items, start, keys, nested = argument
+                return self._run_cached(chunk, items, start, keys, nested)
             chunk, items = argument[0], argument[1]
             return self._run(chunk, items)
 
@@ -251,99 +245,135 @@ class ChainTask:
             items = outputs
         return ChunkOutcome(items, tuple(counts), tuple(skipped))
 
-    def _run_cached(self, chunk: int, items: list[Any], start: int, keys: list[str]) -> ChunkOutcome:
-        """Run the steps from ``start`` one at a time, keying and recording each one's outputs."""
+    def _run_cached(
+        self, chunk: int, items: list[Any], start: int, keys: list[str] | None, nested: bool
+    ) -> ChunkOutcome:
+        """Run the steps from ``start`` one at a time, filing each one's outputs. Values travel in
+        parallel lists: each value, the key its outputs derive from (the stage input's, or a
+        whole-chunk step's output's) and the input item it came from."""
         assert self.cache is not None
+        if keys is None:
+            keys = [content_key(item) for item in items]
         counts = [StepCount(0, 0, 0.0)] * start  # found in the cache: the driver counts them
         skipped: list[SkippedItem] = []
         records: list[tuple[str, str, tuple[tuple[str, list[Any]], ...]]] = []
-        units = [
-            _Unit(key, item, origin) for origin, (key, item) in enumerate(zip(keys, items, strict=True))
-        ]
-        per_item = self.cache.per_item_from(start, self.ops)
+        values, bases, origins = items, keys, list(range(len(items)))
+        first_chunk_step = self.cache.first_chunk_step(self.ops)
         for position in range(start, len(self.ops)):
-            op, fingerprint = self.ops[position], self.cache.fingerprints[position]
-            started, count_in = time.perf_counter(), len(units)
+            op, chained = self.ops[position], self.cache.lineage[position]
+            started, count_in = time.perf_counter(), len(values)
             if op.kind == "chunks":
-                units, made = self._chunk_step(op, fingerprint, chunk, units, skipped)
+                key, values, made = self._chunk_step(op, chained, chunk, bases, values, skipped)
+                bases = [output_key(key, i) for i in range(len(values))]
+                origins = []  # a whole chunk's outputs belong to no one item
+                if made and position == first_chunk_step and start == 0 and keys:
+                    # where this chunk began and how long it was, so a rerun cuts the same way
+                    made.append((chunk_start_key(keys[0]), [len(keys)]))
             else:
-                units, made = self._item_step(op, fingerprint, chunk, units, skipped)
-            seconds = time.perf_counter() - started
-            counts.append(StepCount(count_in, len(units), seconds))
-            first_chunk_step = position == self.cache.first_chunk_step(self.ops)
-            if fingerprint is not None and made and first_chunk_step and start == 0 and keys:
-                made.append((chunk_start_key(keys[0]), [len(keys)]))  # so a rerun cuts the same
-            if fingerprint is not None and made:
-                records.append((op.step, fingerprint, tuple(made)))
-        if per_item:
-            outputs: list[Any] = [[] for _ in items]
-            for unit in units:
-                outputs[unit.origin].append(unit.value)
-        else:
-            outputs = [unit.value for unit in units]
+                bases, values, origins, made = self._item_step(
+                    op, chained, chunk, bases, values, origins, skipped
+                )
+            counts.append(StepCount(count_in, len(values), time.perf_counter() - started))
+            if chained is not None and made:
+                records.append((op.step, chained, tuple(made)))
+        outputs: list[Any] = values
+        if nested:
+            outputs = [[] for _ in items]
+            for origin, value in zip(origins, values, strict=True):
+                outputs[origin].append(value)
         store = self.cache.store
         if store is not None:
             for step, fingerprint, filed in records:
                 store.write(step, fingerprint, filed)
         return ChunkOutcome(
-            outputs, tuple(counts), tuple(skipped), per_item, () if store is not None else tuple(records)
+            outputs, tuple(counts), tuple(skipped), nested, () if store is not None else tuple(records)
         )
 
     def _item_step(
         self,
         op: ChainOp,
-        fingerprint: str | None,
+        chained: str | None,
         chunk: int,
-        units: list[_Unit],
+        bases: list[str],
+        values: list[Any],
+        origins: list[int],
         skipped: list[SkippedItem],
-    ) -> tuple[list[_Unit], list[tuple[str, list[Any]]]]:
-        """A map or filter step over ``units``: the units after it, and its records (one per
-        input unit that did not fail: its key and its 0 or 1 outputs)."""
+    ) -> tuple[list[str], list[Any], list[int], list[tuple[str, list[Any]]]]:
+        """A map or filter step: the bases, values and origins after it, and its records (per
+        input that did not fail: its base key and its 0 or 1 outputs, filed under ``chained``)."""
         kwargs = _setup_kwargs(self.run_key, op)
-        func, values = op.func, [unit.value for unit in units]
-        results: list[list[Any] | None]
+        func = op.func
         try:
             if op.kind == "map":
-                results = _per_item(values, lambda xs: [[func(x, **kwargs)] for x in xs])
-            else:
-                results = _per_item(values, lambda xs: [[x] if func(x, **kwargs) else [] for x in xs])
+                outputs = _per_item(values, lambda xs: [func(x, **kwargs) for x in xs])
+                if chained is None:
+                    return bases, outputs, origins, []
+                return bases, outputs, origins, [(b, [o]) for b, o in zip(bases, outputs, strict=True)]
+            kept = _per_item(values, lambda xs: [bool(func(x, **kwargs)) for x in xs])
         except TaskTimedOut:
             raise
         except Exception as exc:
             if op.on_error != "skip":
                 raise _failure(op.step, chunk, values, exc) from _users(exc)
-            results = []
-            for value in values:
-                try:
-                    results.append(_apply(op, [value], kwargs))
-                except TaskTimedOut:
-                    raise
-                except Exception as item_exc:
-                    cause = _users(item_exc)
-                    error = f"{type(cause).__name__}: {cause}"
-                    skipped.append(SkippedItem(op.step, chunk, value, error, user_traceback(cause)))
-                    results.append(None)  # failed: not an output, and not filed in the cache
-        after: list[_Unit] = []
+            return self._item_step_skipping(op, chained, chunk, bases, values, origins, skipped)
+        made = []
+        if chained is not None:
+            made = [(b, [v] if keep else []) for b, v, keep in zip(bases, values, kept, strict=True)]
+        survivors = [i for i, keep in enumerate(kept) if keep]
+        return (
+            [bases[i] for i in survivors],
+            [values[i] for i in survivors],
+            [origins[i] for i in survivors] if origins else [],
+            made,
+        )
+
+    def _item_step_skipping(
+        self,
+        op: ChainOp,
+        chained: str | None,
+        chunk: int,
+        bases: list[str],
+        values: list[Any],
+        origins: list[int],
+        skipped: list[SkippedItem],
+    ) -> tuple[list[str], list[Any], list[int], list[tuple[str, list[Any]]]]:
+        """The step again item by item (``on_error="skip"``): failing items are left out and not
+        filed in the cache (a rerun tries them again)."""
+        kwargs = _setup_kwargs(self.run_key, op)
+        bases_out: list[str] = []
+        values_out: list[Any] = []
+        origins_out: list[int] = []
         made: list[tuple[str, list[Any]]] = []
-        for unit, outputs in zip(units, results, strict=True):
-            if outputs is None:
+        for position, (base, value) in enumerate(zip(bases, values, strict=True)):
+            try:
+                outputs = _apply(op, [value], kwargs)
+            except TaskTimedOut:
+                raise
+            except Exception as exc:
+                cause = _users(exc)
+                error = f"{type(cause).__name__}: {cause}"
+                skipped.append(SkippedItem(op.step, chunk, value, error, user_traceback(cause)))
                 continue
-            key = derive(fingerprint, unit.key) if fingerprint is not None else unit.key
-            made.append((key, outputs))
-            after.extend(_Unit(key, output, unit.origin) for output in outputs)
-        return after, made
+            if chained is not None:
+                made.append((base, outputs))
+            for output in outputs:
+                bases_out.append(base)
+                values_out.append(output)
+                if origins:
+                    origins_out.append(origins[position])
+        return bases_out, values_out, origins_out, made
 
     def _chunk_step(
         self,
         op: ChainOp,
-        fingerprint: str | None,
+        chained: str | None,
         chunk: int,
-        units: list[_Unit],
+        bases: list[str],
+        values: list[Any],
         skipped: list[SkippedItem],
-    ) -> tuple[list[_Unit], list[tuple[str, list[Any]]]]:
-        """A whole-chunk step: its outputs are keyed on the chunk's keys and their positions.
-        A chunk some of whose items failed (``on_error="skip"``) is not filed."""
-        values = [unit.value for unit in units]
+    ) -> tuple[str, list[Any], list[tuple[str, list[Any]]]]:
+        """A whole-chunk step: its outputs' key (from the chunk's bases), its outputs and its
+        records. A chunk some of whose items failed (``on_error="skip"``) is not filed."""
         failures = len(skipped)
         try:
             outputs = _apply(op, values, _setup_kwargs(self.run_key, op))
@@ -353,9 +383,9 @@ class ChainTask:
             if op.on_error != "skip" or not values:
                 raise _failure(op.step, chunk, values, exc) from _users(exc)
             outputs = self._item_by_item(op, chunk, values, skipped)
-        key = chunk_key(fingerprint or "", [unit.key for unit in units])
-        made = [(key, outputs)] if fingerprint is not None and len(skipped) == failures else []
-        return [_Unit(output_key(key, i), output, -1) for i, output in enumerate(outputs)], made
+        key = chunk_key(chained or "", bases)
+        made = [(key, outputs)] if chained is not None and len(skipped) == failures else []
+        return key, outputs, made
 
     def _compiled(self, group: tuple[ChainOp, ...]) -> Callable[[Iterable[Any]], list[Any]]:
         """The group's one-pass function, compiled once per task object (not pickled with it)."""

@@ -20,6 +20,8 @@ from typing import Any
 from .._errors import EngineError, RunError, ShippingError, StepFailed
 from .._events import StepFinished, StepStarted
 from ..cache import CacheStore
+from ..cache._fingerprint import Fingerprint
+from ..cache._keys import lineage
 from ..engines import Engine, EngineTraits
 from ..engines._serialize import dumps_function
 from ..graph import Plan, Stage
@@ -29,7 +31,7 @@ from ._context import RunContext
 from ._engines import EngineSet
 from ._readers import ChannelReader, Collector, IterableReader, Reader
 from ._stage import StageRunner
-from ._stage_cache import AligningReader, StageCache, step_fingerprint
+from ._stage_cache import CachedReader, StageCache, described, step_fingerprint
 
 
 class Evaluator:
@@ -189,8 +191,8 @@ class Evaluator:
         cache = None
         if self.cache is not None and task.cache is not None:
             cache = StageCache(self.cache, task.ops, task.cache.fingerprints)
-            if not cache.per_item:  # whole-chunk steps: cut chunks where the cached run did
-                reader = AligningReader(reader, cache)
+            if not cache.empty:  # cut chunks by what the cache holds
+                reader = CachedReader(reader, cache)
         runner = StageRunner(
             stage,
             task,
@@ -251,15 +253,15 @@ class Evaluator:
         if self.cache is None:
             return None
         if stage.name not in self._fingerprints:
-            fingerprints: list[str | None] = []
+            own: list[Fingerprint | None] = []
             for step, op in zip(stage.steps, ops, strict=True):
-                if not step.cache or (fingerprints and fingerprints[-1] is None):
-                    fingerprints.append(None)
-                    continue
-                fingerprint = step_fingerprint(step, dict(op.params))
-                self.cache.remember(step.name, fingerprint.digest, fingerprint.parts)
-                fingerprints.append(fingerprint.digest)
-            self._fingerprints[stage.name] = tuple(fingerprints)
+                cached = step.cache and not (own and own[-1] is None)
+                own.append(step_fingerprint(step, dict(op.params)) if cached else None)
+            digests = tuple(f.digest if f is not None else None for f in own)
+            for step, fingerprint, chained in zip(stage.steps, own, lineage(digests), strict=True):
+                if fingerprint is not None and chained is not None:
+                    self.cache.remember(step.name, chained, described(fingerprint))
+            self._fingerprints[stage.name] = digests
         found = self._fingerprints[stage.name]
         if found[0] is None:
             return None

@@ -45,7 +45,7 @@ from ._memory import killed_for_memory, lowered
 from ._placement import Placement
 from ._readers import Reader
 from ._sizing import PROBE_SECONDS, ChunkSizer
-from ._stage_cache import AligningReader, CachedChunk, StageCache
+from ._stage_cache import CachedChunk, CachedReader, StageCache
 
 DRIVER = "driver"
 """The worker name of chunks run in the driver process."""
@@ -96,10 +96,13 @@ class Job:
     def argument(self) -> tuple[Any, ...]:
         """The chain task's argument: the chunk's index and items, and with the cache, the step to
         start from and the items' keys as its input (a part's share of them)."""
-        if self.cached is None:
+        cached = self.cached
+        if cached is None:
             return (self.index, self.items)
-        start, stop = self.part or (0, len(self.cached.keys))
-        return (self.index, self.items, self.cached.start, self.cached.keys[start:stop])
+        keys = cached.keys
+        if keys is not None and self.part is not None:
+            keys = keys[self.part[0] : self.part[1]]
+        return (self.index, self.items, cached.start, keys, cached.nested)
 
     @property
     def local_items(self) -> list[Any]:
@@ -237,10 +240,10 @@ class StageRunner:
 
     def _launch(self, job: Job) -> None:
         if self.cache is not None and job.attempt == 0 and job.part is None and job.cached is None:
-            keys = (
-                self.reader.keys_of(job.local_items) if isinstance(self.reader, AligningReader) else None
-            )
-            job.cached = self.cache.look_up(job.local_items, keys)
+            known = None
+            if isinstance(self.reader, CachedReader):  # it looked them up to find the cut
+                known = self.reader.cached_of(job.local_items)
+            job.cached = known or self.cache.look_up(job.local_items)
             if job.cached.complete:
                 self._completed(job, TaskResult(None, CACHE, time.time(), 0.0))
                 return
@@ -306,7 +309,7 @@ class StageRunner:
             result = TaskResult(outcome, DRIVER, started, time.perf_counter() - clock)
         self._completed(job, result)
         outputs = result.value.outputs
-        if result.value.per_item:
+        if result.value.nested:
             outputs = [output for per_item in outputs for output in per_item]
         self.placement.ran_in_driver(
             job.local_items, outputs, result.seconds, input_done=self._input_done
@@ -467,7 +470,7 @@ class StageRunner:
         self.run.skip((SkippedItem(step, job.index, item, cause, ""),))
         self.run.emit(ItemSkipped(self.run.run_id, step, job.index, preview(item), cause))
         self.run.stats(step).items_in += 1
-        self._deliver(job, [[]] if job.cached is not None and job.cached.per_item else [])
+        self._deliver(job, [[]] if job.cached is not None and job.cached.nested else [])
 
     def _public_error(self, job: Job, error: BaseException) -> BaseException:
         if isinstance(error, RunError):

@@ -18,6 +18,7 @@ a chunk ends before an item that began one.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import inspect
 import time
@@ -26,11 +27,26 @@ from typing import Any
 
 from ..cache import CacheStore
 from ..cache._fingerprint import Fingerprint, fingerprint_step
-from ..cache._keys import chunk_key, chunk_start_key, content_key, derive, output_key
+from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
+from ..cache._store import StepIndex
 from ..graph import Graph, Step
 from ._chain import ChainCache, ChainOp
 from ._channel import Chunk
 from ._readers import Reader
+
+OWN = "step-fingerprint"
+"""The entry of a recorded description that holds the step's own fingerprint (its folder is named
+after its lineage, which changes with the steps before it too)."""
+
+
+def described(fingerprint: Fingerprint) -> dict[str, str]:
+    """What is recorded beside a step's entries for ``madhatter cache explain``."""
+    return {**fingerprint.parts, OWN: fingerprint.digest}
+
+
+def _recorded(parts: Mapping[str, str]) -> Fingerprint:
+    """The step's own fingerprint, from what :func:`described` recorded."""
+    return Fingerprint(parts.get(OWN, ""), {k: v for k, v in parts.items() if k != OWN})
 
 
 def step_fingerprint(step: Step, params: Mapping[str, Any]) -> Fingerprint:
@@ -48,127 +64,182 @@ def step_fingerprint(step: Step, params: Mapping[str, Any]) -> Fingerprint:
     return fingerprint_step(step.func, params=params, extra=extra)
 
 
+LOOKAHEAD = 4096
+"""Items a per-item stage looks up ahead of its chunking, so that a run of items found in the
+cache becomes one chunk that never runs, however small the chunks the stage would launch."""
+
+
 @dataclasses.dataclass
 class CachedChunk:
     """What the cache knows of one chunk, and what is left to run.
 
     ``start``: the step the chain starts from for the items left (``items``, keyed ``keys`` as
-    that step's input, at ``positions`` of the chunk). ``found``: the known outputs by position.
-    ``counts``: per step, the items in and out that the cache stood in for."""
+    that step's input, at ``positions`` of the chunk; ``keys`` is ``None`` when the worker is to
+    hash them itself: nothing of the stage is cached yet). ``found``: the known outputs by
+    position. ``counts``: per step, the items in and out that the cache stood in for.
+    ``nested``: the items left come back with one list of outputs each, to be merged with the
+    found ones in input order."""
 
     start: int
     items: list[Any]
-    keys: list[str]
+    keys: list[str] | None
     positions: list[int]
     found: dict[int, list[Any]]
     counts: list[tuple[int, int]]
-    per_item: bool
+    nested: bool
 
     @property
     def complete(self) -> bool:
         return not self.items
 
     def merge(self, ran: list[Any]) -> list[Any]:
-        """The chunk's outputs in input order: ``ran`` holds the run items' outputs (one list per
-        item, in the order of ``positions``; flat when not ``per_item``)."""
-        if not self.per_item:
-            return ran if self.items else self.found.get(0, [])
+        """The chunk's outputs in input order, ``ran`` being the outputs of the items left (one
+        list per item when ``nested``)."""
+        if not self.items:
+            return [output for position in sorted(self.found) for output in self.found[position]]
+        if not self.nested:
+            return ran
         by_position = dict(self.found)
         by_position.update(zip(self.positions, ran, strict=True))
         return [output for position in sorted(by_position) for output in by_position[position]]
 
 
+def _nothing(key: str) -> None:
+    """The lookup of a step that is not cached."""
+    return None
+
+
+@dataclasses.dataclass
+class _ItemState:
+    """How far the cache knows one item: the number of the stage's steps known (``level``) and
+    the last known step's outputs."""
+
+    level: int
+    outputs: list[Any]
+
+    def known_to_end(self, depth: int) -> bool:
+        return self.level == depth or (self.level > 0 and not self.outputs)  # or filtered out
+
+
 class StageCache:
-    """Looks up a stage's chunks in the cache; the indexes are read once, when the stage starts."""
+    """Looks up a stage's chunks in the cache. A step's index is read the first time it is
+    needed (a fully cached stage reads only its last step's), once per run."""
 
     def __init__(
         self, store: CacheStore, ops: Sequence[ChainOp], fingerprints: Sequence[str | None]
     ) -> None:
         self.store = store
+        self.steps = tuple(op.step for op in ops)
         self.fingerprints = tuple(fingerprints)
+        self.lineage = lineage(self.fingerprints)
         self.kinds = tuple(op.kind for op in ops)
         self.per_item = "chunks" not in self.kinds
-        self._indexes = [
-            store.index(op.step, fingerprint) if fingerprint is not None else None
-            for op, fingerprint in zip(ops, fingerprints, strict=True)
-        ]
-        first = ChainCache.first_chunk_step(tuple(ops))
-        self._starts = self._indexes[first] if first is not None else None
+        self._loaded: dict[int, StepIndex] = {}
+        self._first_chunk_step = ChainCache.first_chunk_step(tuple(ops))
+        self._cached = sum(f is not None for f in self.fingerprints)  # the cached steps come first
+        # Every key of the stage derives from its first step's fingerprint: with nothing filed
+        # under it, nothing can be found, and the workers hash the items themselves.
+        first = self.lineage[0]
+        self.empty = first is None or not store.has_entries(self.steps[0], first)
+
+    def _index(self, position: int) -> StepIndex | None:
+        chained = self.lineage[position]
+        if chained is None:
+            return None
+        if position not in self._loaded:
+            self._loaded[position] = self.store.index(self.steps[position], chained)
+        return self._loaded[position]
 
     def recorded_length(self, key: str) -> int | None:
         """How many items the chunk that began with the item keyed ``key`` held, if recorded."""
-        index = self._starts
+        if self._first_chunk_step is None:
+            return None
+        index = self._index(self._first_chunk_step)
         found = index.get(chunk_start_key(key)) if index is not None else None
         return found[0] if found else None
 
     def look_up(self, items: list[Any], keys: list[str] | None = None) -> CachedChunk:
         """What is known of the chunk ``items`` (their ``keys``, when already computed)."""
+        depth = len(self.kinds)
+        if self.empty:
+            nothing = [(0, 0)] * depth
+            return CachedChunk(0, items, None, list(range(len(items))), {}, nothing, False)
         keys = keys if keys is not None else [content_key(item) for item in items]
         if self.per_item:
-            return self._per_item(items, keys)
+            return self.chunk_of(items, keys, self.states(keys))
         return self._whole_chunk(items, keys)
 
-    def _per_item(self, items: list[Any], keys: list[str]) -> CachedChunk:
+    def states(self, keys: list[str]) -> list[_ItemState]:
+        """How far the cache knows each item keyed ``keys`` (per-item stages): the deepest step
+        first, so an item found to the end costs one lookup. (The hot loop of a cached rerun.)"""
+        probes = [level for level in range(self._cached, 0, -1) if self.lineage[level - 1]]
+        lookups: list[Any] = [None] * len(probes)  # each step's index, read when first needed
+        found: list[_ItemState] = []
+        for key in keys:
+            for probe, level in enumerate(probes):
+                get = lookups[probe]
+                if get is None:
+                    index = self._index(level - 1)
+                    get = lookups[probe] = index.get if index is not None else _nothing
+                outputs = get(key)
+                if outputs is not None:
+                    found.append(_ItemState(level, outputs))
+                    break
+            else:
+                found.append(_ItemState(0, []))
+        return found
+
+    def chunk_of(self, items: list[Any], keys: list[str], states: list[_ItemState]) -> CachedChunk:
+        """The chunk of ``items`` keyed ``keys`` whose :meth:`states` are ``states``: what is
+        found, and where the rest starts (the earliest step any of them needs; the others redo
+        a step or two)."""
         depth = len(self.kinds)
-        cached = sum(f is not None for f in self.fingerprints)  # the cached steps come first
         counts = [[0, 0] for _ in range(depth)]
         found: dict[int, list[Any]] = {}
-        levels: list[list[str]] = []  # per item: its key as the input of step 0, 1, ...
-        reached: list[int] = []  # per item left: how many steps the cache knows it through
         left: list[int] = []
-        for position, key in enumerate(keys):
-            chain = [key]
-            for fingerprint in self.fingerprints[:cached]:
-                chain.append(derive(fingerprint, chain[-1]))  # type: ignore[arg-type]
-            level, outputs = self._deepest(chain, cached)
-            for step in range(level - 1):
-                counts[step][0] += 1
-                counts[step][1] += 1
-            if level and (level == depth or not outputs):  # known to the end, or filtered out
-                counts[level - 1][0] += 1
-                counts[level - 1][1] += len(outputs)
-                found[position] = outputs
-                continue
-            if level:  # known through step level-1, whose output this item passed on
-                counts[level - 1][0] += 1
-                counts[level - 1][1] += 1
-            levels.append(chain)
-            reached.append(level)
-            left.append(position)
+        for position, state in enumerate(states):
+            if state.known_to_end(depth):
+                found[position] = state.outputs
+            else:
+                left.append(position)
         if not left:
-            return CachedChunk(depth, [], [], [], found, [tuple(c) for c in counts], True)  # type: ignore[misc]
-        start = min(reached)
-        values = self._values_at(start, [levels[i] for i in range(len(left))], items, left)
+            self._count(counts, states, depth)
+            return CachedChunk(depth, [], [], [], found, [(a, b) for a, b in counts], False)
+        start = min(states[p].level for p in left)
+        values = self._values_at(start, [keys[p] for p in left], [items[p] for p in left])
         while values is None:  # an entry went missing (cleared, corrupt): start earlier
             start -= 1
-            values = self._values_at(start, levels, items, left)
-        for level in reached:  # steps the run will redo were counted as found: take them back
-            for step in range(start, level):
-                counts[step][0] -= 1
-                counts[step][1] -= 1
-        keys_left = [chain[start] for chain in levels]
-        final = [tuple(c) for c in counts]
-        return CachedChunk(start, values, keys_left, left, found, final, True)  # type: ignore[arg-type]
+            values = self._values_at(start, [keys[p] for p in left], [items[p] for p in left])
+        self._count(counts, states, depth, redo_from=start)
+        final = [(a, b) for a, b in counts]
+        keys_left = [keys[p] for p in left]
+        return CachedChunk(start, values, keys_left, left, found, final, nested=bool(found))
 
-    def _deepest(self, chain: list[str], cached: int) -> tuple[int, list[Any]]:
-        """How many steps the cache knows an item through, and the last one's outputs."""
-        for level in range(cached, 0, -1):
-            index = self._indexes[level - 1]
-            outputs = index.get(chain[level]) if index is not None else None
-            if outputs is not None:
-                return level, outputs
-        return 0, []
+    @staticmethod
+    def _count(
+        counts: list[list[int]], states: list[_ItemState], depth: int, redo_from: int = 0
+    ) -> None:
+        """Add the steps the cache stands in for: every known step of an item known to the end;
+        of the others, the steps before ``redo_from`` (the run redoes the rest). Items are
+        grouped by how far they are known, so the cost is per group, not per item and step."""
+        groups: collections.Counter[tuple[int, int]] = collections.Counter()
+        for state in states:
+            known = state.level if state.known_to_end(depth) else min(state.level, redo_from)
+            last = len(state.outputs) if known == state.level else 1
+            groups[(known, last)] += 1
+        for (known, last), items in groups.items():
+            for step in range(known):
+                counts[step][0] += items
+                counts[step][1] += items * (last if step == known - 1 else 1)
 
-    def _values_at(
-        self, start: int, chains: list[list[str]], items: list[Any], positions: list[int]
-    ) -> list[Any] | None:
+    def _values_at(self, start: int, keys: list[str], items: list[Any]) -> list[Any] | None:
         """The items' values as the input of step ``start``; ``None`` if one is not in the cache."""
         if start == 0:
-            return [items[position] for position in positions]
-        index = self._indexes[start - 1]
+            return items
+        index = self._index(start - 1)
         values = []
-        for chain in chains:
-            outputs = index.get(chain[start]) if index is not None else None
+        for key in keys:
+            outputs = index.get(key) if index is not None else None
             if not outputs:
                 return None
             values.append(outputs[0])
@@ -177,30 +248,30 @@ class StageCache:
     def _whole_chunk(self, items: list[Any], keys: list[str]) -> CachedChunk:
         """All or nothing: follow the chunk through every step; found only if found to the end."""
         counts: list[tuple[int, int]] = []
-        units, outputs = keys, list(items)
-        for kind, fingerprint, index in zip(self.kinds, self.fingerprints, self._indexes, strict=True):
-            if fingerprint is None or index is None:
+        bases, outputs = keys, list(items)
+        for position, kind in enumerate(self.kinds):
+            index, chained = self._index(position), self.lineage[position]
+            if index is None or chained is None:
                 break
             if kind == "chunks":
-                key = chunk_key(fingerprint, units)
+                key = chunk_key(chained, bases)
                 found = index.get(key)
                 if found is None:
                     break
-                counts.append((len(units), len(found)))
-                units, outputs = [output_key(key, i) for i in range(len(found))], found
+                counts.append((len(bases), len(found)))
+                bases, outputs = [output_key(key, i) for i in range(len(found))], found
                 continue
-            after_units: list[str] = []
+            after_bases: list[str] = []
             after: list[Any] = []
-            for unit in units:
-                unit_key = derive(fingerprint, unit)
-                found = index.get(unit_key)
+            for base in bases:
+                found = index.get(base)
                 if found is None:
                     break
-                after_units.extend(unit_key for _ in found)
+                after_bases.extend(base for _ in found)
                 after.extend(found)
             else:
-                counts.append((len(units), len(after)))
-                units, outputs = after_units, after
+                counts.append((len(bases), len(after)))
+                bases, outputs = after_bases, after
                 continue
             break
         else:
@@ -209,17 +280,21 @@ class StageCache:
         return CachedChunk(0, list(items), keys, list(range(len(items))), {}, no_counts, False)
 
 
-class AligningReader:
-    """A stage's reader that cuts chunks where the cached run cut them (whole-chunk stages).
+class CachedReader:
+    """A stage's reader that cuts chunks by what the cache holds (when it holds any of the stage).
 
-    Items read past a cut wait here for the next chunk. The keys computed to find the cuts are
-    kept for the chunk's lookup (:meth:`keys_of`), so no item is hashed twice."""
+    Per-item stages: it looks :data:`LOOKAHEAD` items ahead, so that a run of items found to the
+    end is one chunk (launched as found: no task), and a chunk to run stops before the next found
+    item. Whole-chunk stages: it cuts where the cached run cut (a chunk that begins at a recorded
+    start takes its recorded length; a chunk ends before an item that began one). Items read past
+    a cut wait here for the next chunk; what was learnt of the chunk it returned last is kept for
+    its launch (:meth:`cached_of`), so no item is hashed or looked up twice."""
 
     def __init__(self, reader: Reader, cache: StageCache) -> None:
         self._reader, self._cache = reader, cache
         self._held: list[Any] = []
         self._held_keys: list[str] = []
-        self._last: tuple[list[Any], list[str]] | None = None
+        self._last: tuple[list[Any], CachedChunk] | None = None
 
     def ready(self, count: int) -> bool:
         return len(self._held) >= count or self._reader.ready(count - len(self._held))
@@ -228,6 +303,31 @@ class AligningReader:
         return len(self._held) + self._reader.available()
 
     def read(self, count: int) -> Chunk:
+        if self._cache.per_item:
+            items, cached = self._read_items(count)
+        else:
+            items, cached = self._read_aligned(count)
+        self._last = (items, cached)
+        return items
+
+    def cached_of(self, items: list[Any]) -> CachedChunk | None:
+        """What the cache knows of ``items``, if it is the chunk this reader last returned."""
+        return self._last[1] if self._last is not None and self._last[0] is items else None
+
+    def _read_items(self, count: int) -> tuple[list[Any], CachedChunk]:
+        items, keys = self._take(max(count, LOOKAHEAD))
+        states = self._cache.states(keys)
+        depth = len(self._cache.kinds)
+        first_found = states[0].known_to_end(depth) if states else False
+        cut = len(items) if first_found else min(count, len(items))
+        for position in range(1, cut):
+            if states[position].known_to_end(depth) != first_found:
+                cut = position
+                break
+        self._hold(items[cut:], keys[cut:])
+        return items[:cut], self._cache.chunk_of(items[:cut], keys[:cut], states[:cut])
+
+    def _read_aligned(self, count: int) -> tuple[list[Any], CachedChunk]:
         items, keys = self._take(count)
         recorded = self._cache.recorded_length(keys[0]) if keys else None
         if recorded is not None and recorded > len(items) and self._reader.ready(recorded - len(items)):
@@ -238,19 +338,16 @@ class AligningReader:
             if self._cache.recorded_length(keys[position]) is not None:
                 cut = position  # a recorded chunk begins here: end this one before it
                 break
-        self._held, self._held_keys = items[cut:] + self._held, keys[cut:] + self._held_keys
-        items, keys = items[:cut], keys[:cut]
-        self._last = (items, keys)
-        return items
+        self._hold(items[cut:], keys[cut:])
+        return items[:cut], self._cache.look_up(items[:cut], keys[:cut])
 
-    def keys_of(self, items: list[Any]) -> list[str] | None:
-        """The keys of ``items`` if it is the chunk this reader last returned."""
-        return self._last[1] if self._last is not None and self._last[0] is items else None
+    def _hold(self, items: list[Any], keys: list[str]) -> None:
+        self._held, self._held_keys = items + self._held, keys + self._held_keys
 
     def _take(self, count: int) -> tuple[list[Any], list[str]]:
         items, keys = self._held[:count], self._held_keys[:count]
         del self._held[:count], self._held_keys[:count]
-        if len(items) < count:
+        if len(items) < count and self._reader.ready(1):
             fresh = self._reader.read(count - len(items))
             if not isinstance(fresh, list):
                 raise RuntimeError("madhatter internal error: a remote chunk in a cached stage")
@@ -282,11 +379,9 @@ def explain(store: CacheStore, graph: Graph, name: str, params: Mapping[str, Any
     records = store.fingerprints(name)
     if not records:
         return [f"nothing is cached for step {name!r} yet"]
-    if current.digest != records[0].fingerprint and all(
-        r.fingerprint != current.digest for r in records
-    ):
+    if all(_recorded(r.parts).digest != current.digest for r in records):
         newest = records[0]
-        changes = current.changes(Fingerprint(newest.fingerprint, newest.parts))
+        changes = current.changes(_recorded(newest.parts))
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(newest.last_used))
         lines = [f"step {name!r} changed since its last cached run ({when}):"]
         return lines + [f"  {change}" for change in changes or ["its fingerprint differs"]]
@@ -296,7 +391,7 @@ def explain(store: CacheStore, graph: Graph, name: str, params: Mapping[str, Any
         for upstream in _upstream_parallel(graph, name)
         if graph[upstream].cache
         and all(
-            r.fingerprint != step_fingerprint(graph[upstream], params).digest
+            _recorded(r.parts).digest != step_fingerprint(graph[upstream], params).digest
             for r in store.fingerprints(upstream)
         )
     ]
