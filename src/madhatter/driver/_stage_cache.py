@@ -23,7 +23,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..cache import CacheStore
 from ..cache._fingerprint import Fingerprint, fingerprint_step
@@ -109,16 +109,17 @@ def _nothing(key: str) -> None:
     return None
 
 
-@dataclasses.dataclass
-class _ItemState:
-    """How far the cache knows one item: the number of the stage's steps known (``level``) and
-    the last known step's outputs."""
+class _ItemState(NamedTuple):
+    """How far the cache knows one item: the number of the stage's steps known (``level``), the
+    last known step's outputs, and whether that settles the item (``done``: known to the end,
+    or filtered out on the way)."""
 
     level: int
     outputs: list[Any]
+    done: bool
 
-    def known_to_end(self, depth: int) -> bool:
-        return self.level == depth or (self.level > 0 and not self.outputs)  # or filtered out
+
+_UNKNOWN = _ItemState(0, [], False)
 
 
 class StageCache:
@@ -172,6 +173,7 @@ class StageCache:
     def states(self, keys: list[str]) -> list[_ItemState]:
         """How far the cache knows each item keyed ``keys`` (per-item stages): the deepest step
         first, so an item found to the end costs one lookup. (The hot loop of a cached rerun.)"""
+        depth = len(self.kinds)
         probes = [level for level in range(self._cached, 0, -1) if self.lineage[level - 1]]
         lookups: list[Any] = [None] * len(probes)  # each step's index, read when first needed
         found: list[_ItemState] = []
@@ -183,10 +185,10 @@ class StageCache:
                     get = lookups[probe] = index.get if index is not None else _nothing
                 outputs = get(key)
                 if outputs is not None:
-                    found.append(_ItemState(level, outputs))
+                    found.append(_ItemState(level, outputs, level == depth or not outputs))
                     break
             else:
-                found.append(_ItemState(0, []))
+                found.append(_UNKNOWN)
         return found
 
     def chunk_of(self, items: list[Any], keys: list[str], states: list[_ItemState]) -> CachedChunk:
@@ -198,33 +200,31 @@ class StageCache:
         found: dict[int, list[Any]] = {}
         left: list[int] = []
         for position, state in enumerate(states):
-            if state.known_to_end(depth):
+            if state.done:
                 found[position] = state.outputs
             else:
                 left.append(position)
         if not left:
-            self._count(counts, states, depth)
+            self._count(counts, states)
             return CachedChunk(depth, [], [], [], found, [(a, b) for a, b in counts], False)
         start = min(states[p].level for p in left)
         values = self._values_at(start, [keys[p] for p in left], [items[p] for p in left])
         while values is None:  # an entry went missing (cleared, corrupt): start earlier
             start -= 1
             values = self._values_at(start, [keys[p] for p in left], [items[p] for p in left])
-        self._count(counts, states, depth, redo_from=start)
+        self._count(counts, states, redo_from=start)
         final = [(a, b) for a, b in counts]
         keys_left = [keys[p] for p in left]
         return CachedChunk(start, values, keys_left, left, found, final, nested=bool(found))
 
     @staticmethod
-    def _count(
-        counts: list[list[int]], states: list[_ItemState], depth: int, redo_from: int = 0
-    ) -> None:
+    def _count(counts: list[list[int]], states: list[_ItemState], redo_from: int = 0) -> None:
         """Add the steps the cache stands in for: every known step of an item known to the end;
         of the others, the steps before ``redo_from`` (the run redoes the rest). Items are
         grouped by how far they are known, so the cost is per group, not per item and step."""
         groups: collections.Counter[tuple[int, int]] = collections.Counter()
         for state in states:
-            known = state.level if state.known_to_end(depth) else min(state.level, redo_from)
+            known = state.level if state.done else min(state.level, redo_from)
             last = len(state.outputs) if known == state.level else 1
             groups[(known, last)] += 1
         for (known, last), items in groups.items():
@@ -317,11 +317,10 @@ class CachedReader:
     def _read_items(self, count: int) -> tuple[list[Any], CachedChunk]:
         items, keys = self._take(max(count, LOOKAHEAD))
         states = self._cache.states(keys)
-        depth = len(self._cache.kinds)
-        first_found = states[0].known_to_end(depth) if states else False
+        first_found = states[0].done if states else False
         cut = len(items) if first_found else min(count, len(items))
         for position in range(1, cut):
-            if states[position].known_to_end(depth) != first_found:
+            if states[position].done != first_found:
                 cut = position
                 break
         self._hold(items[cut:], keys[cut:])
