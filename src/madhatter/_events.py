@@ -43,13 +43,18 @@ class Event:
 @dataclasses.dataclass(frozen=True)
 class RunStarted(Event):
     """A run began. ``steps`` lists every step in the order they were planned; ``dashboard`` is
-    the engine's own live view (e.g. Dask's), when it has one."""
+    the engine's own live view (e.g. Dask's), when it has one. ``edges`` are the graph's
+    ``(upstream, step)`` pairs; ``params`` the run parameters given (as ``repr`` text);
+    ``versions`` of Python, madhatter and the platform, for a report of the run."""
 
     pipeline: str
     engine: str
     workers: int
     steps: tuple[str, ...]
     dashboard: str | None = None
+    edges: tuple[tuple[str, str], ...] = ()
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +179,8 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     cls = EVENT_TYPES[fields.pop("type")]
     if "steps" in fields:
         fields["steps"] = tuple(fields["steps"])
+    if "edges" in fields:
+        fields["edges"] = tuple(tuple(edge) for edge in fields["edges"])
     return cls(**fields)
 
 

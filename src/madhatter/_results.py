@@ -11,6 +11,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from ._events import Event
+
+RECORDED_CHUNKS = 200_000
+"""A report keeps at most this many ``ChunkDone`` events (its timeline); the rest are counted."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SkippedItem:
@@ -44,3 +49,14 @@ class RunReport:
     skipped: tuple[SkippedItem, ...]
     steps: Mapping[str, StepStats]
     seconds: float
+    events: tuple[Event, ...] = ()
+    """The run's progress events, for a report of it (``ChunkDone`` beyond
+    :data:`RECORDED_CHUNKS` are left out; ``events_dropped`` counts them)."""
+    events_dropped: int = 0
+
+    def to_html(self) -> str:
+        """The run as one self-contained HTML page (no external assets): its graph, a timeline
+        of chunks per worker, per-step statistics, parameters, engine and versions."""
+        from .report import render_html
+
+        return render_html(self)

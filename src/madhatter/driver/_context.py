@@ -18,8 +18,8 @@ from threading import Event as ThreadingEvent
 from typing import Any
 
 from .._errors import RunCancelled
-from .._events import Emitter, Event
-from .._results import RunReport, SkippedItem, StepStats
+from .._events import ChunkDone, Emitter, Event
+from .._results import RECORDED_CHUNKS, RunReport, SkippedItem, StepStats
 from ..engines import TaskResult
 
 CANCEL_POLL_SECONDS = 0.1
@@ -28,11 +28,36 @@ CANCEL_POLL_SECONDS = 0.1
 OnDone = Callable[[Future[TaskResult]], None]
 
 
+class Recorder:
+    """A listener that keeps a run's events for its report (``RunReport.events``), with at most
+    :data:`~madhatter._results.RECORDED_CHUNKS` ``ChunkDone`` events."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.dropped = 0
+        self._chunks = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ChunkDone):
+            self._chunks += 1
+            if self._chunks > RECORDED_CHUNKS:
+                self.dropped += 1
+                return
+        self.events.append(event)
+
+
 class RunContext:
     """One run's shared state (see the module docstring)."""
 
-    def __init__(self, run_id: str, emitter: Emitter, cancel: ThreadingEvent | None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        emitter: Emitter,
+        cancel: ThreadingEvent | None,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.run_id = run_id
+        self._recorder = recorder
         # How stalled the run is: 0 not; 1 producers a consumer waits on may outgrow their bound
         # (one round); 2 every producer may (see ``Evaluator.drive``). Progress resets it to 0.
         self.stall = 0
@@ -62,7 +87,16 @@ class RunContext:
         return self._stats.setdefault(step, StepStats())
 
     def report(self, result: Any, seconds: float) -> RunReport:
-        return RunReport(self.run_id, result, tuple(self._skipped), dict(self._stats), seconds)
+        recorded = self._recorder
+        return RunReport(
+            self.run_id,
+            result,
+            tuple(self._skipped),
+            dict(self._stats),
+            seconds,
+            tuple(recorded.events) if recorded else (),
+            recorded.dropped if recorded else 0,
+        )
 
     # -- futures in flight -----------------------------------------------------------------
 

@@ -8,6 +8,8 @@ run's last event says how it ended.
 from __future__ import annotations
 
 import itertools
+import platform
+import reprlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,11 +20,12 @@ from typing import Any
 from .._errors import RunCancelled, first_line
 from .._events import Emitter, Listener, RunFinished, RunStarted
 from .._results import RunReport
+from .._version import __version__
 from ..cache import CacheStore
 from ..engines import Engine
 from ..graph import Plan
 from ._chain import release_setups
-from ._context import RunContext
+from ._context import Recorder, RunContext
 from ._engines import EngineSet
 from ._evaluator import Evaluator
 
@@ -42,8 +45,9 @@ def execute_plan(
 ) -> RunReport:
     """Run ``plan`` and return its report; on any error, stop everything first, then raise."""
     run_id = uuid.uuid4().hex[:12]
-    emitter = Emitter(listeners)
-    run = RunContext(run_id, emitter, cancel)
+    recorder = Recorder()
+    emitter = Emitter([recorder, *listeners])
+    run = RunContext(run_id, emitter, cancel, recorder)
     engines = EngineSet(engine, workers, engine_options)
     evaluator = Evaluator(plan, engines, run, params, inline=inline, cache=cache)
     evaluator.check_shippable()
@@ -54,7 +58,7 @@ def execute_plan(
         evaluator.prepare_engines()
         own = engines.get(None)
         engine_info = (engines.default_name, own.workers, steps, own.dashboard_link)
-        run.emit(RunStarted(run_id, pipeline, *engine_info))
+        run.emit(RunStarted(run_id, pipeline, *engine_info, _edges(plan), _shown(params), _versions()))
         result = evaluator.result()
         status = "succeeded"
         return run.report(result, time.perf_counter() - started)
@@ -74,3 +78,26 @@ def execute_plan(
             release_setups(run_id)
             seconds = time.perf_counter() - started
             run.emit(RunFinished(run_id, status, seconds, error))
+
+
+def _edges(plan: Plan) -> tuple[tuple[str, str], ...]:
+    """The graph's ``(upstream, step)`` pairs, for a picture of the run."""
+    return tuple(
+        (upstream, step.name)
+        for stage in plan.stages
+        for step in stage.steps
+        for upstream in step.upstreams
+    )
+
+
+def _shown(params: Mapping[str, Any]) -> dict[str, str]:
+    """The run parameters as text (events carry plain JSON values)."""
+    return {name: reprlib.repr(value) for name, value in params.items()}
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "madhatter": __version__,
+        "platform": platform.platform(terse=True),
+    }
