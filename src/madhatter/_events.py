@@ -138,6 +138,17 @@ class ItemSkipped(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class ChunkOutput(Event):
+    """What a step printed (``stream`` stdout or stderr) or logged (``log``) while it ran one
+    chunk, when the run captures output (``Pipeline.execute(capture_output=True)``)."""
+
+    step: str
+    chunk: int
+    stream: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
 class StepFinished(Event):
     """A step has produced all its output."""
 
@@ -167,6 +178,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ChunkSplit,
         ConcurrencyReduced,
         ItemSkipped,
+        ChunkOutput,
         StepFinished,
         RunFinished,
     )

@@ -2,6 +2,7 @@
 
 from ._events import (
     ChunkDone,
+    ChunkOutput,
     ChunkRetried,
     ChunkSplit,
     ConcurrencyReduced,
@@ -18,6 +19,7 @@ from ._events import (
 
 __all__ = [
     "ChunkDone",
+    "ChunkOutput",
     "ChunkRetried",
     "ChunkSplit",
     "ConcurrencyReduced",

@@ -37,6 +37,7 @@ from ..cache import CacheStore
 from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
+from ._capture import Output, capturing, in_step
 
 _preview = reprlib.Repr()
 _preview.maxlist = _preview.maxtuple = _preview.maxset = _preview.maxdict = 4
@@ -81,15 +82,17 @@ Records = tuple[tuple[str, str, tuple[tuple[str, list[Any]], ...]], ...]
 class ChunkOutcome:
     """The result of a chunk: outputs, per-step counts (in chain order) and skipped items.
 
-    With the cache on: ``nested`` when ``outputs`` holds one list of outputs per input item, and
-    the cache ``records`` the driver is to write (when the chunk's worker could not reach the
-    store itself)."""
+    ``output``: what the chunk's steps printed and logged, when the run captures it
+    (``_capture.py``). With the cache on: ``nested`` when ``outputs`` holds one list of outputs
+    per input item, and the cache ``records`` the driver is to write (when the chunk's worker
+    could not reach the store itself)."""
 
     outputs: list[Any]
     counts: tuple[StepCount, ...]
     skipped: tuple[SkippedItem, ...] = ()
     nested: bool = False
     records: Records = ()
+    output: Output = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +213,20 @@ class ChainTask:
     ops: tuple[ChainOp, ...]
     timeout: float | None = None
     cache: ChainCache | None = None
+    capture: int = 0  # characters of printed and logged output to keep per chunk (0: none)
 
     def __call__(self, argument: tuple[Any, ...]) -> ChunkOutcome:
+        if not self.capture:
+            return self._call(argument)
+        with capturing(self.capture) as capture:
+            try:
+                outcome = self._call(argument)
+            except Exception as exc:
+                exc.output = capture.output()  # type: ignore[attr-defined]  # what it printed first
+                raise
+        return dataclasses.replace(outcome, output=capture.output())
+
+    def _call(self, argument: tuple[Any, ...]) -> ChunkOutcome:
         """``argument`` is ``(chunk, items)``, or with the cache ``(chunk, items, start, keys,
         nested)``: run the steps from ``start`` on, ``keys`` being the items' keys as that step's
         input (``None``: hash the items here), and answer one list of outputs per item when
@@ -226,11 +241,15 @@ class ChainTask:
     def _run(self, chunk: int, items: list[Any]) -> ChunkOutcome:
         counts: list[StepCount] = []
         skipped: list[SkippedItem] = []
-        for group in _passes(self.ops):
+        # Captured output is told apart per step, so a capturing chain makes a pass per step.
+        groups = [(op,) for op in self.ops] if self.capture else _passes(self.ops)
+        for group in groups:
             if len(group) > 1:
                 items = self._one_pass(group, chunk, items, counts)
                 continue
             op = group[0]
+            if self.capture:
+                in_step(op.step)
             started = time.perf_counter()
             try:
                 kwargs = _setup_kwargs(self.run_key, op)
@@ -261,6 +280,8 @@ class ChainTask:
         first_chunk_step = self.cache.first_chunk_step(self.ops)
         for position in range(start, len(self.ops)):
             op, chained = self.ops[position], self.cache.lineage[position]
+            if self.capture:
+                in_step(op.step)
             started, count_in = time.perf_counter(), len(values)
             if op.kind == "chunks":
                 key, values, made = self._chunk_step(op, chained, chunk, bases, values, skipped)

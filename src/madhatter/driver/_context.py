@@ -18,9 +18,13 @@ from threading import Event as ThreadingEvent
 from typing import Any
 
 from .._errors import RunCancelled
-from .._events import ChunkDone, Emitter, Event
+from .._events import ChunkDone, ChunkOutput, Emitter, Event
 from .._results import RECORDED_CHUNKS, RunReport, SkippedItem, StepStats
 from ..engines import TaskResult
+from ._capture import Output
+
+RUN_OUTPUT_CHARACTERS = 10 * 1024 * 1024
+"""What a run keeps of its steps' captured output in all (a run printing 100 MB keeps 10)."""
 
 CANCEL_POLL_SECONDS = 0.1
 """How often a run with a cancel event looks at it while waiting for tasks."""
@@ -58,6 +62,7 @@ class RunContext:
     ) -> None:
         self.run_id = run_id
         self._recorder = recorder
+        self._output_left = RUN_OUTPUT_CHARACTERS
         # How stalled the run is: 0 not; 1 producers a consumer waits on may outgrow their bound
         # (one round); 2 every producer may (see ``Evaluator.drive``). Progress resets it to 0.
         self.stall = 0
@@ -79,6 +84,22 @@ class RunContext:
     def emit(self, event: Event) -> None:
         if self._emitter:
             self._emitter.emit(event)
+
+    def output(self, chunk: int, output: Output) -> None:
+        """Emit a chunk's captured output as ``ChunkOutput`` events, within the run's budget of
+        :data:`RUN_OUTPUT_CHARACTERS` (past it: one mark, then nothing)."""
+        for step, stream, text in output:
+            if self._output_left <= 0:
+                return
+            if len(text) > self._output_left:
+                text = text[: self._output_left] + (
+                    f"\n[madhatter: output truncated: the run's limit of {RUN_OUTPUT_CHARACTERS} "
+                    "characters is reached; later output is dropped]\n"
+                )
+                self._output_left = 0
+            else:
+                self._output_left -= len(text)
+            self.emit(ChunkOutput(self.run_id, step, chunk, stream, text))
 
     def skip(self, items: tuple[SkippedItem, ...]) -> None:
         self._skipped.extend(items)

@@ -25,6 +25,7 @@ from ..cache._keys import lineage
 from ..engines import Engine, EngineTraits
 from ..engines._serialize import dumps_function
 from ..graph import Plan, Stage
+from ._capture import CHUNK_OUTPUT_BYTES
 from ._chain import ChainCache, ChainOp, ChainTask, preview, user_traceback
 from ._channel import Channel
 from ._context import RunContext
@@ -46,10 +47,12 @@ class Evaluator:
         *,
         inline: bool,
         cache: CacheStore | None = None,
+        capture_output: bool = False,
     ) -> None:
         self.plan, self.engines, self.run, self.params = plan, engines, run, params
         self.inline = inline
         self.cache = cache
+        self.capture = CHUNK_OUTPUT_BYTES if capture_output else 0
         self.runners: dict[str, StageRunner] = {}
         self.channels: dict[str, Channel] = {}
         self.values: dict[str, Any] = {}
@@ -229,7 +232,8 @@ class Evaluator:
 
     def _task(self, stage: Stage) -> ChainTask:
         ops = self._ops(stage)
-        return ChainTask(self.run.run_id, ops, stage.first.timeout, self._chain_cache(stage, ops))
+        cache = self._chain_cache(stage, ops)
+        return ChainTask(self.run.run_id, ops, stage.first.timeout, cache, self.capture)
 
     def _ops(self, stage: Stage) -> tuple[ChainOp, ...]:
         return tuple(

@@ -42,6 +42,7 @@ def execute_plan(
     inline: bool,
     engine_options: Mapping[str, Any],
     cache: CacheStore | None = None,
+    capture_output: bool = False,
 ) -> RunReport:
     """Run ``plan`` and return its report; on any error, stop everything first, then raise."""
     run_id = uuid.uuid4().hex[:12]
@@ -49,7 +50,9 @@ def execute_plan(
     emitter = Emitter([recorder, *listeners])
     run = RunContext(run_id, emitter, cancel, recorder)
     engines = EngineSet(engine, workers, engine_options)
-    evaluator = Evaluator(plan, engines, run, params, inline=inline, cache=cache)
+    evaluator = Evaluator(
+        plan, engines, run, params, inline=inline, cache=cache, capture_output=capture_output
+    )
     evaluator.check_shippable()
     steps = tuple(itertools.chain.from_iterable(stage.step_names for stage in plan.stages))
     started = time.perf_counter()

@@ -343,6 +343,8 @@ class StageRunner:
         else:
             outcome = result.value
             outputs = outcome.outputs
+        if outcome.output:
+            self.run.output(job.index, outcome.output)
         if outcome.records and self.cache is not None:  # its worker could not reach the store
             for step_name, fingerprint, records in outcome.records:
                 self.cache.store.write(step_name, fingerprint, records)
@@ -398,6 +400,9 @@ class StageRunner:
             self.output.write(outputs)
 
     def _failed(self, job: Job, error: BaseException) -> None:
+        output = getattr(error, "output", None)
+        if output:  # what the chunk printed before it failed
+            self.run.output(job.index, output)
         public = self._public_error(job, error)
         if job.shipped and killed_for_memory(error) and self._lower_concurrency(job, public):
             self._queue(job, 0.0)  # not an attempt: the shortage was the stage's, maybe not the chunk's
