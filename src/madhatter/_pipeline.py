@@ -10,7 +10,7 @@ from threading import Event as ThreadingEvent
 from types import ModuleType
 from typing import Any
 
-from . import _params
+from . import _notebook, _params
 from ._errors import PipelineDefinitionError
 from ._events import Listener
 from ._loading import load_module
@@ -102,6 +102,8 @@ class Pipeline:
         inline: bool = True,
         fuse: bool = True,
         cache: str | os.PathLike[str] | CacheStore | bool | None = None,
+        progress: bool | None = None,
+        capture_output: bool = False,
         **engine_options: Any,
     ) -> RunReport:
         """Run the pipeline and return a :class:`RunReport` (result, skipped items, statistics).
@@ -118,20 +120,28 @@ class Pipeline:
                 and input are unchanged (docs/caching.md): a folder, an fsspec URL
                 (``"s3://bucket/prefix"``), a :class:`~madhatter.cache.CacheStore`, or ``True``
                 for ``.madhatter/`` in the current folder.
+            progress: show the run's progress: ``None`` (the default) in a Jupyter kernel only,
+                as one live display updated in place (docs/notebooks.md); ``True`` also
+                elsewhere, as text on stderr; ``False`` never.
+            capture_output: keep what the steps print and log (per chunk, bounded) and report
+                it as ``ChunkOutput`` events instead of printing it (the service's workers do).
             engine_options: passed to the engine (e.g. ``address=`` for a cluster).
         """
         values = _params.resolve(self.params, dict(params or {}))
+        shown = _notebook.progress_listener(progress)
+        everyone = [*listeners, shown] if shown is not None else list(listeners)
         return execute_plan(
             self.plan(fuse=fuse),
             pipeline=self.name,
             engine=engine,
             workers=workers,
             params=values,
-            listeners=list(listeners),
+            listeners=everyone,
             cancel=cancel,
             inline=inline,
             engine_options=engine_options,
             cache=open_cache(cache),
+            capture_output=capture_output,
         )
 
     def __repr__(self) -> str:
