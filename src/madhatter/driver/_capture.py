@@ -6,6 +6,12 @@ logger (at the levels the user configured) are kept, per step, up to :data:`CHUN
 per chunk, and travel back with the chunk's outcome (or with its error, so what a chunk printed
 before it failed is not lost). The driver turns them into ``ChunkOutput`` events.
 
+Logging levels are the user's, as configured in the driver: the levels set there (the root
+logger's, and those of named loggers) travel with the task (:func:`driver_levels`) and are
+applied in a worker process to loggers it has not configured itself (:func:`apply_levels`), so a
+``logging.basicConfig(level=logging.INFO)`` in the pipeline file keeps INFO records from worker
+processes too.
+
 Capture is per thread: ``sys.stdout``/``sys.stderr`` are replaced, while any chunk captures, by
 a :class:`_ThreadTee` that sends a write to the capture of the thread that made it, or else to
 the stream it replaced; so chunks running at once on the threads engine keep their own output,
@@ -134,6 +140,34 @@ def capturing(limit: int) -> Iterator[Capture]:
     finally:
         _local.capture = None
         _uninstall()
+
+
+Levels = tuple[tuple[str, int], ...]
+"""Logging levels by logger name (``""``: the root logger)."""
+
+
+def driver_levels() -> Levels:
+    """The levels configured in this process: the root logger's, and named loggers' own."""
+    named = [
+        (name, logger.level)
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
+    ]
+    return (("", logging.getLogger().level), *sorted(named))
+
+
+_applied: set[Levels] = set()
+
+
+def apply_levels(levels: Levels) -> None:
+    """Give loggers this process has not configured the levels ``levels`` names (once)."""
+    if levels in _applied:
+        return
+    _applied.add(levels)
+    for name, level in levels:
+        logger = logging.getLogger(name or None)
+        if logger.level == logging.NOTSET or (not name and not logger.handlers):
+            logger.setLevel(level)
 
 
 def in_step(step: str) -> None:

@@ -37,7 +37,7 @@ from ..cache import CacheStore
 from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
-from ._capture import Output, capturing, in_step
+from ._capture import Levels, Output, apply_levels, capturing, in_step
 
 _preview = reprlib.Repr()
 _preview.maxlist = _preview.maxtuple = _preview.maxset = _preview.maxdict = 4
@@ -214,10 +214,12 @@ class ChainTask:
     timeout: float | None = None
     cache: ChainCache | None = None
     capture: int = 0  # characters of printed and logged output to keep per chunk (0: none)
+    log_levels: Levels = ()  # the driver's logging levels, for the captured records
 
     def __call__(self, argument: tuple[Any, ...]) -> ChunkOutcome:
         if not self.capture:
             return self._call(argument)
+        apply_levels(self.log_levels)
         with capturing(self.capture) as capture:
             try:
                 outcome = self._call(argument)

@@ -25,7 +25,7 @@ from ..cache._keys import lineage
 from ..engines import Engine, EngineTraits
 from ..engines._serialize import dumps_function
 from ..graph import Plan, Stage
-from ._capture import CHUNK_OUTPUT_BYTES
+from ._capture import CHUNK_OUTPUT_BYTES, driver_levels
 from ._chain import ChainCache, ChainOp, ChainTask, preview, user_traceback
 from ._channel import Channel
 from ._context import RunContext
@@ -233,7 +233,8 @@ class Evaluator:
     def _task(self, stage: Stage) -> ChainTask:
         ops = self._ops(stage)
         cache = self._chain_cache(stage, ops)
-        return ChainTask(self.run.run_id, ops, stage.first.timeout, cache, self.capture)
+        levels = driver_levels() if self.capture else ()
+        return ChainTask(self.run.run_id, ops, stage.first.timeout, cache, self.capture, levels)
 
     def _ops(self, stage: Stage) -> tuple[ChainOp, ...]:
         return tuple(

@@ -299,6 +299,8 @@ class Worker:
                 listeners=[sink],
                 cancel=active.cancel,
                 cache=self.cache,
+                capture_output=True,  # what steps print and log goes to the run's events
+                progress=False,  # the run page shows progress, never a notebook display
                 **self.engine_options,
             )
         except RunCancelled:
