@@ -14,11 +14,14 @@ from .._events import Listener
 from .._params import parse_assignments
 from .._pipeline import Pipeline
 from ..cache import DEFAULT_FOLDER
+from ..driver._context import Recorder
 from ._arguments import add_engine_arguments, add_pipeline_command, engine_options
 from ._progress import EventsWriter, ProgressBars, ProgressLines
 
 HELP = "run a pipeline and print its result"
 DESCRIPTION = "Run the pipeline defined in a Python file or module and print its result."
+_NO_RESULT: Any = object()
+"""``write_report``'s ``result`` when the run has none (it failed)."""
 SKIPPED_SHOWN = 5
 """Skipped items listed on stderr after a run (the rest are counted)."""
 
@@ -47,6 +50,12 @@ def add_run_command(commands: Any) -> None:
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.add_argument("--events", metavar="FILE", help="write every progress event as JSON lines")
+    parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write the run as one self-contained HTML page (graph, timeline, per-step "
+        "statistics, parameters, versions), also when the run fails",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--no-inline",
@@ -89,21 +98,53 @@ def run_command(args: argparse.Namespace) -> int:
         if args.events:
             events_file: IO[str] = stack.enter_context(open(args.events, "w", encoding="utf-8"))
             listeners.append(EventsWriter(events_file))
-        report = pipeline.execute(
-            engine=args.engine,
-            workers=args.workers,
-            params=params,
-            listeners=listeners,
-            inline=args.inline,
-            cache=cache_location(args),
-            **options,
-        )
+        recorder = Recorder()
+        if args.report:
+            listeners.append(recorder)
+        try:
+            report = pipeline.execute(
+                engine=args.engine,
+                workers=args.workers,
+                params=params,
+                listeners=listeners,
+                inline=args.inline,
+                cache=cache_location(args),
+                **options,
+            )
+        except BaseException as exc:
+            if args.report and recorder.events:  # a failed run's report: for its bug report
+                trace = getattr(exc, "remote_traceback", None)
+                write_report(args.report, recorder, quiet=args.quiet, traceback=trace)
+            raise
+    if args.report:
+        write_report(args.report, recorder, quiet=args.quiet, result=report.result)
     for item in report.skipped[:SKIPPED_SHOWN]:
         print(f"skipped in step {item.step} (chunk {item.chunk}): {item.error}", file=sys.stderr)
     if len(report.skipped) > SKIPPED_SHOWN:
         print(f"... and {len(report.skipped) - SKIPPED_SHOWN} more skipped", file=sys.stderr)
     print_result(report.result, as_json=args.json)
     return 0
+
+
+def write_report(
+    path: str,
+    recorder: Recorder,
+    *,
+    quiet: bool,
+    result: Any = _NO_RESULT,
+    traceback: str | None = None,
+) -> None:
+    """Write the run's HTML report from the events ``recorder`` kept (see docs/reports.md): with
+    the result's preview when it succeeded, the worker's traceback when a step failed."""
+    from ..report import render_events_html, result_preview
+
+    preview = None if result is _NO_RESULT else result_preview(result)
+    text = render_events_html(
+        recorder.events, dropped=recorder.dropped, result_preview=preview, traceback=traceback
+    )
+    pathlib.Path(path).write_text(text, encoding="utf-8")
+    if not quiet:
+        print(f"report written to {path}", file=sys.stderr)
 
 
 def print_result(result: Any, *, as_json: bool, stream: IO[str] | None = None) -> None:

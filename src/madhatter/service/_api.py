@@ -157,6 +157,7 @@ RUN_LINKS: dict[str, Any] = {
         ("CancelRun", "cancel_run"),
         ("RerunRun", "rerun_run"),
         ("GetRunResult", "get_run_result"),
+        ("GetRunReport", "get_run_report"),
     ]
 }
 """How a client (or schemathesis's stateful phase) goes from a created run to what it can do."""
@@ -406,7 +407,47 @@ def api_router(service: Service) -> APIRouter:
             data, media_type="application/octet-stream", headers={"Content-Disposition": disposition}
         )
 
+    @router.get(
+        "/api/runs/{run_id}/report",
+        tags=["runs"],
+        operation_id="get_run_report",
+        response_class=Response,
+        responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **NO_RUN},
+    )
+    def get_report(run_id: str) -> Response:
+        """The run as one self-contained HTML page, as a download: its graph, a timeline of chunks
+        per worker, per-step statistics, skipped items, parameters, engine and versions (the page
+        ``madhatter run --report`` writes). Of the current attempt; so far, while it runs."""
+        record = service.found(run_id)
+        text = run_report_html(record, [e for _, e in service.store.events(run_id)])
+        disposition = f'attachment; filename="{_filename(record.pipeline)}-{record.id}-report.html"'
+        return Response(
+            text, media_type="text/html; charset=utf-8", headers={"Content-Disposition": disposition}
+        )
+
     return router
+
+
+def run_report_html(record: RunRecord, stored: list[dict[str, Any]]) -> str:
+    """The report page of a stored run: its current attempt's events, and what its record knows
+    (status, error with traceback, result preview)."""
+    from ..report import events_from_dicts, render_events_html
+
+    events = events_from_dicts(e for e in stored if e.get("attempt", record.attempt) == record.attempt)
+    error = record.error
+    return render_events_html(
+        events,
+        status=record.status,
+        seconds=record.seconds,
+        error=f"{error.type}: {error.message}" if error else None,
+        traceback=error.traceback if error else None,
+        result_preview=record.result_preview,
+    )
+
+
+def _filename(text: str) -> str:
+    """``text`` safe in a Content-Disposition file name (letters, digits, ``._-``)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in text)[:80]
 
 
 async def _stream(store: Store, record: RunRecord, cursor: int, request: Request) -> AsyncIterator[str]:
