@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's ``chromium``, driven by Playwright): start a run
-from the form, watch its progress reach 100% live, open the result, re-run it and see that it came
-from the worker's chunk cache; screenshots of the run pages are kept under ``artifacts/``
-(git-ignored) for CI to collect."""
+from the form, watch its progress reach 100% live, see what its step printed, open the result,
+re-run it and see that it came from the worker's chunk cache; screenshots of the run pages are
+kept under ``artifacts/`` (git-ignored) for CI to collect."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def items(n: int = 10):
 @parallel.map(chunk_by=2, timeout=60)
 def square(x):
     time.sleep(0.02)
+    print(f"squared {x}")
     return x * x
 
 @depends(square)
@@ -91,6 +92,9 @@ def test_a_run_started_from_the_form_is_followed_live_to_its_result(
             assert page.locator("#run-status").inner_text() == "succeeded"
             assert "'sum': 70210" in page.locator("#result-preview").inner_text()
             assert page.locator("#run-cached-fact").is_hidden()  # the first run computed all
+            printed = page.locator("#step-output").inner_text()  # what square printed
+            assert all(f"squared {x}" in printed for x in range(60)), printed[:300]
+            assert "[square chunk 0 stdout]" in printed
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "run-page.png"), full_page=True)
 

@@ -112,7 +112,8 @@ def pages_router(service: Service, *, token_digest: str | None) -> APIRouter:
     @router.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         record = service.found(run_id)
-        view = RunView(record.attempt).add_all(e for _, e in service.store.events(run_id))
+        stored = service.store.events(run_id)
+        view = RunView(record.attempt).add_all(e for _, e in stored)
         steps = view.snapshot(time.time())
         cacheable = None  # the steps the chunk cache keeps, if the pipeline is still registered
         if record.pipeline in service.registry:
@@ -126,6 +127,9 @@ def pages_router(service: Service, *, token_digest: str | None) -> APIRouter:
             cacheable=cacheable,
             cache_share=cache_share(steps, cacheable),
             logs=view.logs,
+            outputs=view.outputs,
+            outputs_left_out=view.outputs_left_out,
+            last_event=stored[-1][0] if stored else 0,  # the stream replays; the page has these
             engine=view.engine,
             timeline=timeline_svg(view.bars),
         )

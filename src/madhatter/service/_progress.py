@@ -1,4 +1,5 @@
-"""What a run's page shows, from its stored events: per-step progress, a timeline, the log.
+"""What a run's page shows, from its stored events: per-step progress, a timeline, the log, and
+what the steps printed and logged (``ChunkOutput``, the first :data:`PAGE_OUTPUT_CHARACTERS`).
 
 The per-step progress is the core's fold (:class:`madhatter._progress.RunProgress`, the same one
 ``madhatter run`` draws its bars from); this adds what only the page shows: the engine, the log
@@ -17,6 +18,7 @@ from typing import Any
 from .._events import (
     EVENT_TYPES,
     ChunkDone,
+    ChunkOutput,
     ChunkRetried,
     ItemSkipped,
     RunFinished,
@@ -24,6 +26,9 @@ from .._events import (
     event_from_dict,
 )
 from .._progress import RunProgress
+
+PAGE_OUTPUT_CHARACTERS = 1024 * 1024
+"""What a run's page shows of its steps' output (all of it is over the API's events)."""
 
 TIMELINE_LIMIT = 2000
 """Bars kept for the timeline chart (the first ones; a huge run's chart would not be readable)."""
@@ -48,7 +53,10 @@ class RunView:
         self.progress = RunProgress()
         self.bars: list[TimelineBar] = []
         self.logs: list[tuple[float, str]] = []
+        self.outputs: list[tuple[str, int, str, str]] = []  # step, chunk, stream, text
+        self.outputs_left_out = 0
         self.engine: str | None = None
+        self._output_size = 0
 
     def add_all(self, events: Iterable[dict[str, Any]]) -> RunView:
         for event in events:
@@ -82,6 +90,12 @@ class RunView:
             self.logs.append((event.at, f"step {event.step} chunk {event.chunk} retried: {event.error}"))
         elif isinstance(event, ItemSkipped):
             self.logs.append((event.at, f"step {event.step} skipped item {event.item}: {event.error}"))
+        elif isinstance(event, ChunkOutput):
+            if self._output_size + len(event.text) > PAGE_OUTPUT_CHARACTERS:
+                self.outputs_left_out += len(event.text)
+                return
+            self._output_size += len(event.text)
+            self.outputs.append((event.step, event.chunk, event.stream, event.text))
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """The steps' progress as JSON-ready dicts, in plan order."""

@@ -59,6 +59,20 @@
         (of ? " (" + Math.floor(100 * found / of) + "%)" : "");
     }
   });
+  const output = document.getElementById("step-output");
+  const rendered = Number(root.dataset.lastEvent || 0);  // events the page was rendered with
+  let outputSize = output ? output.textContent.length : 0;
+  const OUTPUT_LIMIT = 1024 * 1024;  // as PAGE_OUTPUT_CHARACTERS in _progress.py
+  source.addEventListener("madhatter", function (e) {
+    if (Number(e.lastEventId) <= rendered) return;
+    const event = JSON.parse(e.data);
+    if (!output || event.type !== "ChunkOutput" || outputSize + event.text.length > OUTPUT_LIMIT) return;
+    outputSize += event.text.length;
+    const head = document.createElement("span");
+    head.className = "output-head";
+    head.textContent = "[" + event.step + " chunk " + event.chunk + " " + event.stream + "]\n";
+    output.append(head, document.createTextNode(event.text));
+  });
   source.addEventListener("end", function () {
     source.close();
     if (!wasTerminal) window.location.reload();  // show the result, timeline and logs
