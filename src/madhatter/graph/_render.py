@@ -25,10 +25,11 @@ the internal kind (``"map"``), so what is shown can be found in the source.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from ._model import Graph, Step
 from ._plan import Plan
@@ -192,14 +193,15 @@ def _fit(text: str) -> str:
     return text if len(text) <= _MAX_CHARS else text[: _MAX_CHARS - 1] + "…"
 
 
-def _columns(graph: Graph, edges: list[tuple[str, str]]) -> list[list[_Node]]:
-    """Steps and edge crossings by layer (longest path from a source), in barycenter order."""
+def _columns(upstreams: Mapping[str, Sequence[str]], edges: list[tuple[str, str]]) -> list[list[_Node]]:
+    """Steps and edge crossings by layer (longest path from a source), in barycenter order.
+    ``upstreams`` lists each step's upstreams, in an order where every upstream comes first."""
     layer: dict[str, int] = {}
-    for step in graph:
-        layer[step.name] = 1 + max((layer[up] for up in step.upstreams), default=-1)
+    for name, ups in upstreams.items():
+        layer[name] = 1 + max((layer[up] for up in ups), default=-1)
     columns: list[list[_Node]] = [[] for _ in range(max(layer.values()) + 1)]
     left_of: dict[_Node, list[_Node]] = {}  # a node's neighbours in the column to its left
-    for name in graph.steps:
+    for name in upstreams:
         columns[layer[name]].append(name)
         left_of[name] = []
     for i, (up, down) in enumerate(edges):
@@ -216,27 +218,48 @@ def _columns(graph: Graph, edges: list[tuple[str, str]]) -> list[list[_Node]]:
     return columns
 
 
-def render_svg(graph: Graph) -> str:
-    """A self-contained SVG drawing of the graph, laid out by this module (see its docstring)."""
-    edges = [(up, step.name) for step in graph for up in step.upstreams]
-    columns = _columns(graph, edges)
-    labels = {
-        step.name: (_fit(step.name), _DECORATORS[step.kind], _fit(", ".join(_options(step))))
-        for step in graph
-    }
-    box_h = _BOX_H + (_LINE_H if any(label[2] for label in labels.values()) else 0)
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A layered drawing's geometry: each node's ``(x, y of its top, width)``, each edge's
+    crossings of the columns between its ends, the drawing's size and a box's height."""
+
+    edges: list[tuple[str, str]]
+    place: dict[_Node, tuple[float, float, float]]
+    via: dict[int, list[_Node]]
+    width: float
+    height: float
+    box_h: float
+
+    def size(self, node: _Node) -> float:
+        return self.box_h if isinstance(node, str) else _LANE_H
+
+    def middle(self, node: _Node) -> float:
+        return self.place[node][1] + self.size(node) / 2
+
+
+def layout(
+    upstreams: Mapping[str, Sequence[str]],
+    labels: Mapping[str, tuple[str, str, str]],
+    *,
+    box_h: float,
+    small_px: float = _KIND_PX,
+) -> Layout:
+    """Lay out boxes labelled ``labels`` (a bold line, two small ones) in columns by layer, the
+    steps' ``upstreams`` giving the edges (also used by the run report's graph)."""
+    edges = [(up, name) for name, ups in upstreams.items() for up in ups]
+    columns = _columns(upstreams, edges)
 
     def size(node: _Node) -> float:
         return box_h if isinstance(node, str) else _LANE_H
 
     tall = [sum(map(size, nodes)) + _GAP_Y * (len(nodes) - 1) for nodes in columns]
     height = 2 * _MARGIN + max(tall)
-    place: dict[_Node, tuple[float, float, float]] = {}  # node -> (x, y of its top, width)
-    via: dict[int, list[_Node]] = {i: [] for i in range(len(edges))}  # edge -> its crossings
+    place: dict[_Node, tuple[float, float, float]] = {}
+    via: dict[int, list[_Node]] = {i: [] for i in range(len(edges))}
     x: float = _MARGIN
     for nodes, column_height in zip(columns, tall, strict=True):
         texts = [labels[node] for node in nodes if isinstance(node, str)]
-        chars = max(max(len(a) * _NAME_PX, len(b) * _KIND_PX, len(c) * _KIND_PX) for a, b, c in texts)
+        chars = max(max(len(a) * _NAME_PX, len(b) * small_px, len(c) * small_px) for a, b, c in texts)
         width, y = 0.6 * chars + 2 * _BOX_PAD, (height - column_height) / 2
         for node in nodes:
             place[node] = (x, y, width)
@@ -244,10 +267,30 @@ def render_svg(graph: Graph) -> str:
             if isinstance(node, tuple):
                 via[node[0]].append(node)
         x += width + _GAP_X
-    total_width = x - _GAP_X + _MARGIN
+    return Layout(edges, place, via, x - _GAP_X + _MARGIN, height, box_h)
 
-    def middle(node: _Node) -> float:
-        return place[node][1] + size(node) / 2
+
+def edge_path(points: Sequence[tuple[float, float]]) -> str:
+    """An SVG path through ``points``: straight through each column an edge crosses, curved
+    between columns."""
+    path = f"M{points[0][0]:.1f},{points[0][1]:.1f}"
+    for j, ((x1, y1), (x2, y2)) in enumerate(itertools.pairwise(points)):
+        bend = (x2 - x1) / 2
+        curve = f"C{x1 + bend:.1f},{y1:.1f} {x2 - bend:.1f},{y2:.1f} "
+        path += f" {'L' if j % 2 else curve}{x2:.1f},{y2:.1f}"
+    return path
+
+
+def render_svg(graph: Graph) -> str:
+    """A self-contained SVG drawing of the graph, laid out by this module (see its docstring)."""
+    labels = {
+        step.name: (_fit(step.name), _DECORATORS[step.kind], _fit(", ".join(_options(step))))
+        for step in graph
+    }
+    box_h = _BOX_H + (_LINE_H if any(label[2] for label in labels.values()) else 0)
+    drawn = layout({step.name: step.upstreams for step in graph}, labels, box_h=box_h)
+    edges, place, via, middle = drawn.edges, drawn.place, drawn.via, drawn.middle
+    total_width, height = drawn.width, drawn.height
 
     ends: dict[tuple[int, int], float] = {}  # (edge, 0 at its start / 1 at its end) -> y
     for side in (0, 1):
@@ -275,11 +318,7 @@ def render_svg(graph: Graph) -> str:
         for node in via[i]:  # straight through each column it crosses, curved between columns
             points += [(place[node][0], middle(node)), (sum(place[node][::2]), middle(node))]
         points.append((place[down][0], ends[i, 1]))
-        path = f"M{points[0][0]:.1f},{points[0][1]:.1f}"
-        for j, ((x1, y1), (x2, y2)) in enumerate(itertools.pairwise(points)):
-            bend = (x2 - x1) / 2
-            curve = f"C{x1 + bend:.1f},{y1:.1f} {x2 - bend:.1f},{y2:.1f} "
-            path += f" {'L' if j % 2 else curve}{x2:.1f},{y2:.1f}"
+        path = edge_path(points)
         out.append(
             f'<path class="mh-edge" d="{path}" fill="none" stroke="#555" stroke-width="1.4" '
             f'marker-end="url(#{uid}-arrow)"/>'

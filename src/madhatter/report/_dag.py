@@ -14,23 +14,18 @@ import html
 import itertools
 from collections.abc import Mapping, Sequence
 
-from ..graph._model import Graph, Step
-from ..graph._render import _columns
+from ..graph._render import edge_path, layout
 from ._summary import StepRow
 from ._text import clean, fit
 
-_NAME_PX, _INFO_PX = 13, 11
-_BOX_H, _LANE_H, _BOX_PAD, _GAP_X, _GAP_Y, _MARGIN = 52, 12, 12, 56, 18, 16
+_NAME_PX, _INFO_PX = 13, 11  # the layout (``graph._render.layout``) sizes the boxes from these
+_BOX_H = 52
 _FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
 _STATES: dict[str, tuple[str, str]] = {  # state -> (fill, stroke)
     "finished": ("#e3f4e6", "#3b8a4c"),
     "running": ("#fdf1dc", "#c2841a"),  # started, never finished: where a failed run stopped
     "waiting": ("#f1f1f1", "#999999"),
 }
-
-
-def _nothing() -> None:
-    """The stand-in graph's step function (never called)."""
 
 
 def ordered(steps: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[str]:
@@ -63,38 +58,10 @@ def dag_svg(steps: Sequence[str], edges: Sequence[tuple[str, str]], rows: Mappin
     upstreams: dict[str, list[str]] = {name: [] for name in names}
     for up, down in edges:
         upstreams[down].append(up)
-    stand_in = Graph(
-        {
-            name: Step(name=name, func=_nothing, kind="map", upstreams=tuple(upstreams[name]))
-            for name in names
-        },
-        names[-1],
-    )
-    columns = _columns(stand_in, edges)
     labels = {name: _labels(name, rows.get(name)) for name in names}
-
-    def size(node: str | tuple[int, int]) -> float:
-        return _BOX_H if isinstance(node, str) else _LANE_H
-
-    tall = [sum(map(size, nodes)) + _GAP_Y * (len(nodes) - 1) for nodes in columns]
-    height = 2 * _MARGIN + max(tall)
-    place: dict[str | tuple[int, int], tuple[float, float, float]] = {}
-    via: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(edges))}
-    x: float = _MARGIN
-    for nodes, column_height in zip(columns, tall, strict=True):
-        texts = [labels[node] for node in nodes if isinstance(node, str)]
-        chars = max(max(len(a) * _NAME_PX, len(b) * _INFO_PX, len(c) * _INFO_PX) for a, b, c in texts)
-        width, y = 0.6 * chars + 2 * _BOX_PAD, (height - column_height) / 2
-        for node in nodes:
-            place[node] = (x, y, width)
-            y += size(node) + _GAP_Y
-            if isinstance(node, tuple):
-                via[node[0]].append(node)
-        x += width + _GAP_X
-    total_width = x - _GAP_X + _MARGIN
-
-    def middle(node: str | tuple[int, int]) -> float:
-        return place[node][1] + size(node) / 2
+    drawn = layout(upstreams, labels, box_h=_BOX_H, small_px=_INFO_PX)
+    edges, place, via, middle = drawn.edges, drawn.place, drawn.via, drawn.middle
+    total_width, height = drawn.width, drawn.height
 
     out = [
         f'<svg class="dag" width="{total_width:.0f}" height="{height:.0f}" '
@@ -109,11 +76,7 @@ def dag_svg(steps: Sequence[str], edges: Sequence[tuple[str, str]], rows: Mappin
         for node in via[i]:  # straight through each column it crosses, curved between columns
             points += [(place[node][0], middle(node)), (place[node][0] + place[node][2], middle(node))]
         points.append((place[down][0], middle(down)))
-        path = f"M{points[0][0]:.1f},{points[0][1]:.1f}"
-        for j, ((x1, y1), (x2, y2)) in enumerate(itertools.pairwise(points)):
-            bend = (x2 - x1) / 2
-            curve = f"C{x1 + bend:.1f},{y1:.1f} {x2 - bend:.1f},{y2:.1f} "
-            path += f" {'L' if j % 2 else curve}{x2:.1f},{y2:.1f}"
+        path = edge_path(points)
         out.append(
             f'<path d="{path}" fill="none" stroke="#555" stroke-width="1.4" '
             'marker-end="url(#dag-arrow)"/>'
