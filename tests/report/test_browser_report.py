@@ -7,25 +7,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 
 import pytest
 from test_cli_report import write_report
+
+from process_helpers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "artifacts" / "report" / "run-report.png"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def test_the_report_opens_offline_with_its_graph_timeline_and_table(tmp_path: pathlib.Path) -> None:

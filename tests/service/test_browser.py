@@ -8,26 +8,17 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
 from service_helpers import Server, free_port, write_pipeline
 
+from process_helpers import CHROMIUM, CHROMIUM_ARGS
+
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 STEADY = """
 import time
