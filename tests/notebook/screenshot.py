@@ -57,7 +57,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         path = pathlib.Path(tmp, "page.html")
         path.write_text(page)
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         tab = browser.new_page(viewport={"width": 800, "height": 400}, device_scale_factor=2)
         tab.goto(path.as_uri())
         tab.locator("#shot").screenshot(path=str(OUT))
