@@ -41,13 +41,18 @@ def _outputs(client: Client, run_id: str) -> list[dict[str, object]]:
     return [e for e in events if e["type"] == "ChunkOutput"]
 
 
-def test_prints_and_logs_reach_the_run_under_their_step_and_chunk(
+@pytest.fixture
+def client(
     tmp_path: pathlib.Path, store_url: str, servers: Callable[..., Server], workers: Workers
-) -> None:
+) -> Client:
+    """A server with the chatty pipeline, and one worker on the processes engine."""
     pipeline = write_pipeline(tmp_path, "chatty", PIPELINE)
     server = servers(str(pipeline), "--broker", store_url)
     workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "2")
-    client = Client(server.url)
+    return Client(server.url)
+
+
+def test_prints_and_logs_reach_the_run_under_their_step_and_chunk(client: Client) -> None:
     run = client.submit("chatty", {})
     assert client.wait(run["id"], timeout=120)["status"] == "succeeded"
     texts: dict[tuple[object, object, object], str] = {}
@@ -59,13 +64,7 @@ def test_prints_and_logs_reach_the_run_under_their_step_and_chunk(
         assert f"INFO chatty: logged {x}\n" in texts[("talk", x // 2, "log")]
 
 
-def test_a_run_that_prints_100_mb_is_cut_with_a_mark_and_the_service_stays_up(
-    tmp_path: pathlib.Path, store_url: str, servers: Callable[..., Server], workers: Workers
-) -> None:
-    pipeline = write_pipeline(tmp_path, "chatty", PIPELINE)
-    server = servers(str(pipeline), "--broker", store_url)
-    workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "2")
-    client = Client(server.url)
+def test_a_run_that_prints_100_mb_is_cut_with_a_mark_and_the_service_stays_up(client: Client) -> None:
     flood = client.submit("chatty", {"count": 1600, "flood": 64 * 1024})  # 100 MiB printed
     assert client.wait(flood["id"], timeout=300)["status"] == "succeeded"
     outputs = _outputs(client, flood["id"])
