@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import html
 import importlib
-import math
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ._events import Event, RunFinished, RunStarted, StepFinished
-from ._progress import RunProgress, StepProgress
+from ._progress import RunProgress, StepProgress, format_duration, format_rate
 
 UPDATE_SECONDS = 0.25
 """The least time between two updates of a notebook display (a step or run finishing always
@@ -66,26 +65,13 @@ def progress_listener(progress: bool | None) -> Callable[[Event], None] | None:
 # -- what is shown ----------------------------------------------------------------------------
 
 
-def _rate(per_second: float) -> str:
-    if per_second >= 1e6:
-        return f"{per_second / 1e6:.1f}M/s"
-    if per_second >= 1e3:
-        return f"{per_second / 1e3:.1f}k/s"
-    return f"{per_second:.1f}/s"
-
-
-def _duration(seconds: float) -> str:
-    whole = math.ceil(seconds)
-    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
-
-
 def _eta(step: StepProgress, rate: float) -> str:
     if step.finished:
         return "done"
     if step.total and rate:
         remaining = step.total - step.done
         if remaining > 0:
-            return f"eta {_duration(remaining / rate)}"
+            return f"eta {format_duration(remaining / rate)}"
     return ""
 
 
@@ -99,7 +85,7 @@ def step_cells(step: StepProgress, now: float) -> tuple[str, str, str, str, str,
     """One step's columns as text: name, percent, items done/total, rate, ETA or done, extras."""
     rate = step.rate(now)
     count = f"{step.done}/{step.total}" if step.total is not None else f"{step.done}/?"
-    shown_rate = _rate(rate) if step.done else ""
+    shown_rate = format_rate(rate) if step.done else ""
     return (
         step.name,
         f"{step.percent:.0f}%",

@@ -9,6 +9,7 @@ what folding them live gave.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from ._events import (
@@ -111,3 +112,18 @@ class RunProgress:
             if step.started_at is None:
                 step.started_at = event.at - event.seconds
         return step
+
+
+def format_rate(per_second: float) -> str:
+    """Items per second, short: ``12.3/s``, ``4.5k/s``, ``6.7M/s`` (progress bars and displays)."""
+    if per_second >= 1e6:
+        return f"{per_second / 1e6:.1f}M/s"
+    if per_second >= 1e3:
+        return f"{per_second / 1e3:.1f}k/s"
+    return f"{per_second:.1f}/s"
+
+
+def format_duration(seconds: float) -> str:
+    """Whole seconds, or minutes and seconds past a minute: ``42s``, ``3m07s`` (ETAs)."""
+    whole = math.ceil(seconds)
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"

@@ -13,7 +13,7 @@ import time
 from typing import IO
 
 from .. import events
-from .._progress import RunProgress, StepProgress
+from .._progress import RunProgress, StepProgress, format_duration, format_rate
 
 REDRAW_SECONDS = 0.1
 PLAIN_PROGRESS_SECONDS = 5.0
@@ -28,7 +28,7 @@ def _line(step: StepProgress, width: int) -> str:
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
         count = f"{step.done}/{step.total}"
         remaining = step.total - step.done
-        eta = f"eta {_duration(remaining / rate)}" if rate and remaining > 0 else ""
+        eta = f"eta {format_duration(remaining / rate)}" if rate and remaining > 0 else ""
     else:
         bar, count, eta = "", f"{step.done}", ""
     state = "done" if step.finished else eta
@@ -37,20 +37,7 @@ def _line(step: StepProgress, width: int) -> str:
         for n, what in ((step.cached, "cached"), (step.retries, "retried"), (step.skipped, "skipped"))
         if n
     )
-    return f"{step.name:<{width}} {bar} {count} items  {_rate(rate)}  {state}{extras}".rstrip()
-
-
-def _rate(per_second: float) -> str:
-    if per_second >= 1e6:
-        return f"{per_second / 1e6:.1f}M/s"
-    if per_second >= 1e3:
-        return f"{per_second / 1e3:.1f}k/s"
-    return f"{per_second:.1f}/s"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    return f"{step.name:<{width}} {bar} {count} items  {format_rate(rate)}  {state}{extras}".rstrip()
 
 
 class ProgressBars:
