@@ -15,6 +15,7 @@ import socket
 import sys
 from typing import Any
 
+from .._errors import ParameterError
 from .._params import parse_assignments
 from ._arguments import add_engine_arguments, engine_options
 from ._run import print_result
@@ -47,6 +48,13 @@ def add_service_commands(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--token", help="the token clients must present (default: $MADHATTER_TOKEN)")
+    serve.add_argument(
+        "--keep",
+        metavar="AGE",
+        help="remove finished runs (their events and results too) once they ended longer ago "
+        "than AGE: 30s, 15m, 12h, 7d, 2w; checked at start, then every AGE/4, at most hourly "
+        "(default: keep every run)",
+    )
     serve.add_argument(
         "--with-worker",
         action="store_true",
@@ -98,7 +106,21 @@ def add_service_commands(commands: Any) -> None:
     submit.add_argument("--json", action="store_true", help="print the result as JSON")
     submit.set_defaults(handler=submit_command)
 
-    runs = commands.add_parser("runs", parents=[client_options], help="list a server's runs")
+    runs = commands.add_parser(
+        "runs",
+        parents=[client_options],
+        help="list a server's runs, or prune old ones",
+        description="Without ACTION, list a server's runs (over its API). `runs prune --older-than "
+        "AGE` removes, from the store itself, runs that finished longer ago than AGE, with their "
+        "events and results; queued and running runs are never removed.",
+    )
+    runs.add_argument(
+        "action", nargs="?", choices=["prune"], metavar="ACTION", help="prune: remove old runs"
+    )
+    runs.add_argument(
+        "--older-than", metavar="AGE", help="prune: runs finished longer ago than 30s, 15m, 12h, 7d, 2w"
+    )
+    runs.add_argument("--broker", metavar="URL", help=f"prune: {BROKER_HELP}")
     runs.add_argument("--pipeline", help="only this pipeline's runs")
     runs.add_argument("--status", help="only runs with this status")
     runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
@@ -112,6 +134,7 @@ def add_service_commands(commands: Any) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from ..service import serve
 
+    keep = _age(args.keep, "--keep") if args.keep else None
     serve(
         args.targets,
         broker=args.broker,
@@ -122,6 +145,7 @@ def serve_command(args: argparse.Namespace) -> int:
         engine=args.engine,
         engine_options=engine_options(args),
         cache=args.cache,
+        keep=keep,
     )
     return 0
 
@@ -192,7 +216,20 @@ def _print_outcome(client: Any, run: dict[str, Any], *, as_json: bool) -> int:
     return 1
 
 
+def _age(text: str, flag: str) -> float:
+    from ._cache import _age as age
+
+    try:
+        return age(text)
+    except ParameterError as exc:
+        raise ParameterError(str(exc).replace("--older-than", flag, 1)) from None
+
+
 def runs_command(args: argparse.Namespace) -> int:
+    if args.action == "prune":
+        return prune_command(args)
+    if args.older_than or args.broker:
+        raise ParameterError("--older-than and --broker are for `madhatter runs prune`")
     page = _client(args).runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
     print(f"{'RUN':<18}{'PIPELINE':<20}{'STATUS':<11}{'ITEMS':>7}  SECONDS")
     for run in page["runs"]:
@@ -200,6 +237,18 @@ def runs_command(args: argparse.Namespace) -> int:
         print(f"{run['id']:<18}{run['pipeline']:<20}{run['status']:<11}{run['items']:>7}  {seconds}")
     if page["total"] > len(page["runs"]):
         print(f"({page['total'] - len(page['runs'])} more)", file=sys.stderr)
+    return 0
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from ..service import open_store
+
+    if not args.older_than:
+        raise ParameterError("runs prune: give --older-than AGE, e.g. 30d")
+    older_than = _age(args.older_than, "--older-than")
+    with open_store(args.broker) as store:
+        removed = store.prune(older_than)
+        print(f"removed {removed} run{'' if removed == 1 else 's'} from {store.url}")
     return 0
 
 

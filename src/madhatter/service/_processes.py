@@ -28,6 +28,7 @@ from ..cache import CacheStore
 from ._auth import setup_token
 from ._extras import require_web
 from ._registry import Registry
+from ._store import Store
 from ._stores import open_store
 from ._worker import Worker
 
@@ -54,6 +55,7 @@ def serve(
     engine: str = DEFAULT_ENGINE,
     engine_options: Mapping[str, Any] | None = None,
     cache: str | os.PathLike[str] | None = None,
+    keep: float | None = None,
     announce: Announce = _to_stderr,
 ) -> None:
     """Serve the web pages and JSON API for ``targets`` until stopped (Ctrl-C or SIGTERM).
@@ -70,6 +72,9 @@ def serve(
             and text, as ``--engine-option`` gives them).
         cache: that worker's chunk cache (a folder or an fsspec URL; see :class:`Worker`); None
             for none. Workers started apart take their own (``madhatter worker --cache``).
+        keep: if given, seconds to keep finished runs: a background thread removes runs that
+            ended longer ago (with their events and results) at start, then every
+            :func:`prune_interval`, until the server stops. None keeps every run.
         announce: where to say what is being served, and a generated token.
     """
     uvicorn = require_web("uvicorn")
@@ -79,6 +84,8 @@ def serve(
     location = None if cache is None else CacheStore.open(cache).location  # fails here, not later
     store = open_store(broker)
     worker = None
+    pruning = threading.Event()  # set: the pruner stops
+    pruner = None
     try:
         registry.record(store)
         digest, new_token = setup_token(store, host, token or os.environ.get("MADHATTER_TOKEN"))
@@ -91,15 +98,52 @@ def serve(
                 "--cache is for the --with-worker worker, and there is none: give each "
                 "`madhatter worker` its --cache"
             )
+        if keep is not None:
+            pruner = threading.Thread(
+                target=_prune_periodically,
+                args=(store, keep, pruning, announce),
+                name="madhatter-prune",
+                daemon=True,
+            )
+            pruner.start()
         names = ", ".join(registry.names()) or "no pipelines"
         announce(f"serving {names} on http://{host}:{port} (store {store.url})")
         app = create_app(store, registry, token_digest=digest)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        pruning.set()
+        if pruner is not None:
+            pruner.join(timeout=30)
         if worker is not None:
             worker.terminate()
             worker.wait()
         store.close()
+
+
+PRUNE_INTERVAL_MAX = 3600.0
+PRUNE_INTERVAL_MIN = 1.0
+
+
+def prune_interval(keep: float) -> float:
+    """How often ``serve(keep=...)`` prunes: a quarter of ``keep``, between a second and an hour."""
+    return min(PRUNE_INTERVAL_MAX, max(PRUNE_INTERVAL_MIN, keep / 4))
+
+
+def _prune_periodically(store: Store, keep: float, stop: threading.Event, announce: Announce) -> None:
+    """``serve(keep=...)``'s background thread: prune now, then every :func:`prune_interval`,
+    until ``stop`` is set. A failed prune (the store briefly unreachable) is said, and retried
+    at the next interval; it never stops the server."""
+    interval = prune_interval(keep)
+    announce(f"removing runs that finished over {keep:g}s ago, every {interval:g}s")
+    while not stop.is_set():
+        try:
+            removed = store.prune(keep)
+        except Exception as exc:  # the server goes on; the next prune retries
+            announce(f"pruning old runs failed ({type(exc).__name__}: {exc}); retrying later")
+        else:
+            if removed:
+                announce(f"removed {removed} run{'' if removed == 1 else 's'} older than {keep:g}s")
+        stop.wait(interval)
 
 
 def _start_worker(

@@ -165,6 +165,36 @@ return status
 )
 
 
+_PRUNE = (
+    _PREAMBLE
+    + """
+-- KEYS: runs, queued, leases. ARGV: prefix, older_than_seconds, id...
+-- Re-checks each run here, atomically: one that ended meanwhile too recently, or was re-queued,
+-- stays. Runs whose record is gone (a half-written submission) are only dropped from the index.
+local cutoff = now() - tonumber(ARGV[2])
+local removed = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. 'run:' .. id
+  local state = redis.call('HMGET', key, 'status', 'finished_at')
+  local status, finished = state[1], tonumber(state[2])
+  if (status == 'succeeded' or status == 'failed' or status == 'cancelled')
+      and finished ~= nil and finished < cutoff then
+    redis.call('DEL', key, ARGV[1] .. 'events:' .. id, ARGV[1] .. 'result:' .. id)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+)
+
+PRUNE_BATCH = 500
+"""Runs examined per prune script: each batch is atomic, and short enough not to stall Redis."""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -214,6 +244,7 @@ class RedisStore(Store):
         self._finish = self._redis.register_script(_FINISH)
         self._release = self._redis.register_script(_RELEASE)
         self._cancel = self._redis.register_script(_CANCEL)
+        self._prune = self._redis.register_script(_PRUNE)
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -341,6 +372,19 @@ class RedisStore(Store):
             keys=[self._key("leases"), self._key("queued")], args=[self._prefix, self.max_lost]
         )
         return [_text(i) for i in ids]
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Batches of :data:`PRUNE_BATCH` ids from the ``runs`` index, oldest first, each checked
+        and removed by one script (so a run finishing meanwhile is judged on its state then)."""
+        ids = [_text(i) for i in self._redis.zrange(self._key("runs"), 0, -1)]
+        keys = [self._key("runs"), self._key("queued"), self._key("leases")]
+        removed = 0
+        for start in range(0, len(ids), PRUNE_BATCH):
+            batch = ids[start : start + PRUNE_BATCH]
+            removed += int(self._prune(keys=keys, args=[self._prefix, older_than_seconds, *batch]))
+        return removed
 
     # -- settings ----------------------------------------------------------------------------
 

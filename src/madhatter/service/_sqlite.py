@@ -30,6 +30,7 @@ from ._records import (
     LOST_MESSAGE,
     QUEUED,
     RUNNING,
+    TERMINAL,
     Failure,
     Lease,
     Outcome,
@@ -296,6 +297,22 @@ class SQLiteStore(Store):
             "SELECT 1 FROM runs WHERE id = ? AND status = ? AND attempt = ?", (run_id, RUNNING, token)
         ).fetchone()
         return row is not None
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(self, older_than_seconds: float) -> int:
+        statuses = sorted(TERMINAL)
+        marks = ", ".join("?" * len(statuses))
+        with self._write() as db:
+            cutoff = time.time() - older_than_seconds
+            chosen = (
+                f"SELECT id FROM runs WHERE status IN ({marks}) AND finished_at IS NOT NULL "
+                "AND finished_at < ?"
+            )
+            args = [*statuses, cutoff]
+            db.execute(f"DELETE FROM events WHERE run_id IN ({chosen})", args)
+            removed = db.execute(f"DELETE FROM runs WHERE id IN ({chosen})", args).rowcount
+        return int(removed)
 
     # -- settings ----------------------------------------------------------------------------
 

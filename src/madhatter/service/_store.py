@@ -101,6 +101,15 @@ class Store(abc.ABC):
         leases). The default just sleeps: a worker then polls every ``seconds``."""
         time.sleep(seconds)
 
+    # -- retention ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def prune(self, older_than_seconds: float) -> int:
+        """Remove runs that ended (``succeeded``, ``failed`` or ``cancelled``) more than
+        ``older_than_seconds`` ago, with their events and results; returns how many. Queued and
+        running runs are never touched, and each removal is atomic, so it is safe while workers
+        run (``madhatter runs prune``, ``madhatter serve --keep``)."""
+
     # -- settings shared by the server and workers ------------------------------------------
 
     @abc.abstractmethod
