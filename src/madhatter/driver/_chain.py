@@ -37,6 +37,7 @@ from ..cache import CacheStore
 from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
+from ..tracing import Carrier, Spans, traced_chunk
 from ._capture import Levels, Output, apply_levels, capturing, in_step
 
 _preview = reprlib.Repr()
@@ -85,7 +86,9 @@ class ChunkOutcome:
     ``output``: what the chunk's steps printed and logged, when the run captures it
     (``_capture.py``). With the cache on: ``nested`` when ``outputs`` holds one list of outputs
     per input item, and the cache ``records`` the driver is to write (when the chunk's worker
-    could not reach the store itself)."""
+    could not reach the store itself). ``spans``: the finished spans of a traced chunk run in
+    another process than the driver's (``madhatter.tracing``); ``None`` when that worker could
+    not trace it (no ``opentelemetry`` there)."""
 
     outputs: list[Any]
     counts: tuple[StepCount, ...]
@@ -93,6 +96,7 @@ class ChunkOutcome:
     nested: bool = False
     records: Records = ()
     output: Output = ()
+    spans: Spans | None = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,8 +219,14 @@ class ChainTask:
     cache: ChainCache | None = None
     capture: int = 0  # characters of printed and logged output to keep per chunk (0: none)
     log_levels: Levels = ()  # the driver's logging levels, for the captured records
+    trace: Carrier = ()  # the stage's trace context: the argument then ends with the attempt
 
     def __call__(self, argument: tuple[Any, ...]) -> ChunkOutcome:
+        if self.trace:
+            return traced_chunk(self.trace, argument, self._captured)
+        return self._captured(argument)
+
+    def _captured(self, argument: tuple[Any, ...]) -> ChunkOutcome:
         if not self.capture:
             return self._call(argument)
         apply_levels(self.log_levels)

@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import EngineError, RunError, ShippingError, StepFailed
 from .._events import StepFinished, StepStarted
@@ -34,6 +35,9 @@ from ._readers import ChannelReader, Collector, IterableReader, Reader
 from ._stage import StageRunner
 from ._stage_cache import CachedReader, StageCache, described, step_fingerprint
 
+if TYPE_CHECKING:
+    from ..tracing import RunTrace, StageTrace
+
 
 class Evaluator:
     """Evaluates a plan's stages on demand, driving parallel ones until what is asked is ready."""
@@ -50,6 +54,7 @@ class Evaluator:
         capture_output: bool = False,
     ) -> None:
         self.plan, self.engines, self.run, self.params = plan, engines, run, params
+        self.trace: RunTrace | None = None  # the run's spans, when it is traced (``madhatter.tracing``)
         self.inline = inline
         self.cache = cache
         self.capture = CHUNK_OUTPUT_BYTES if capture_output else 0
@@ -87,8 +92,10 @@ class Evaluator:
         total = sum(len(a) for a in arguments if isinstance(a, list)) if arguments else None
         self.run.emit(StepStarted(self.run.run_id, step.name, total))
         clock = time.perf_counter()
+        traced = self.trace.driver_step(step.name) if self.trace else contextlib.nullcontext()
         try:
-            value = step.func(*arguments, **self._params_of(stage))
+            with traced:
+                value = step.func(*arguments, **self._params_of(stage))
         except RunError:
             raise  # an upstream's failure, met while this step read its stream: not this step's
         except Exception as exc:
@@ -190,7 +197,10 @@ class Evaluator:
         else:
             reader = self._channel_reader(upstream)
             upstream_remote = self.runners[upstream.name].keep_output
-        task = self._task(stage)
+        trace = None
+        if self.trace is not None:
+            trace = self.trace.stage(stage.name, stage.step_names, engine.name)
+        task = self._task(stage, trace)
         cache = None
         if self.cache is not None and task.cache is not None:
             cache = StageCache(self.cache, task.ops, task.cache.fingerprints)
@@ -212,6 +222,7 @@ class Evaluator:
             ),
             keep_output=self._keeps_output(stage, engine),
             cache=cache,
+            trace=trace,
         )
         self.runners[stage.name] = runner
         return runner
@@ -230,11 +241,12 @@ class Evaluator:
             )
         )
 
-    def _task(self, stage: Stage) -> ChainTask:
+    def _task(self, stage: Stage, trace: StageTrace | None = None) -> ChainTask:
         ops = self._ops(stage)
         cache = self._chain_cache(stage, ops)
         levels = driver_levels() if self.capture else ()
-        return ChainTask(self.run.run_id, ops, stage.first.timeout, cache, self.capture, levels)
+        carrier = trace.carrier if trace is not None else ()
+        return ChainTask(self.run.run_id, ops, stage.first.timeout, cache, self.capture, levels, carrier)
 
     def _ops(self, stage: Stage) -> tuple[ChainOp, ...]:
         return tuple(

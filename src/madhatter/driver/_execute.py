@@ -24,6 +24,7 @@ from .._version import __version__
 from ..cache import CacheStore
 from ..engines import Engine
 from ..graph import Plan
+from ..tracing import start_run
 from ._chain import release_setups
 from ._context import Recorder, RunContext
 from ._engines import EngineSet
@@ -57,6 +58,8 @@ def execute_plan(
     steps = tuple(itertools.chain.from_iterable(stage.step_names for stage in plan.stages))
     started = time.perf_counter()
     status, error = "failed", None
+    # None: not traced (``madhatter.tracing``)
+    evaluator.trace = trace = start_run(pipeline, engines.default_name)
     try:
         evaluator.prepare_engines()
         own = engines.get(None)
@@ -80,6 +83,8 @@ def execute_plan(
                 wait(run.driver_threads)
             release_setups(run_id)
             seconds = time.perf_counter() - started
+            if trace is not None:
+                trace.end(status, error)
             run.emit(RunFinished(run_id, status, seconds, error))
 
 

@@ -36,6 +36,7 @@ from .._results import SkippedItem
 from ..engines import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult, TaskTimedOut
 from ..engines.kit import timed_call
 from ..graph import Stage
+from ..tracing import StageTrace
 from . import _inline_watch as inline_watch
 from ._bisect import Bisection, Part, may_bisect
 from ._chain import ChainTask, ChunkOutcome, KeepOutput, StepCount, preview, user_traceback
@@ -128,8 +129,10 @@ class StageRunner:
         inline_allowed: bool,
         keep_output: bool = False,
         cache: StageCache | None = None,
+        trace: StageTrace | None = None,
     ) -> None:
         self.stage, self.task, self.reader, self.output = stage, task, reader, output
+        self.trace = trace  # the stage's span, when the run is traced (``madhatter.tracing``)
         self.engine, self.traits, self.run = engine, traits, run
         self.cache = cache
         self.keep_output = keep_output  # leave outputs on the engine's cluster for the next stage
@@ -254,7 +257,7 @@ class StageRunner:
                 key=f"{self.run.run_id}/{self.stage.name}/{job.index}{part}/{job.attempt}",
                 function=KeepOutput(self.task) if self.keep_output else self.task,
                 function_key=f"{self.run.run_id}/{self.stage.name}",
-                argument=job.argument(),
+                argument=self._argument(job),
                 timeout=self.stage.first.timeout,
                 resources=dict(self.stage.first.resources),
                 # a part's chunk used up its retries already: bisection is the bounded rerun
@@ -280,7 +283,7 @@ class StageRunner:
                 f"{self.run.run_id}/{self.stage.name}/probe",
                 inline_watch.watched(self.task, self.stage.name, job.index),
                 "",
-                job.argument(),
+                self._argument(job),
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
@@ -300,7 +303,7 @@ class StageRunner:
             started, clock = time.time(), time.perf_counter()
             slot = inline_watch.enter(self.stage.name, job.index)  # for madhatter run's supervisor
             try:
-                outcome = self.task(job.argument())
+                outcome = self.task(self._argument(job))
             except Exception as exc:
                 self._failed(job, exc)
                 return
@@ -314,6 +317,10 @@ class StageRunner:
         self.placement.ran_in_driver(
             job.local_items, outputs, result.seconds, input_done=self._input_done
         )
+
+    def _argument(self, job: Job) -> tuple[Any, ...]:
+        """The chain task's argument for ``job``; a traced task's ends with the attempt."""
+        return (*job.argument(), job.attempt) if self.task.trace else job.argument()
 
     def on_done(self, job: Job, future: Future[TaskResult]) -> None:
         """The one place a launched chunk's future is handled, once it has resolved."""
@@ -345,6 +352,14 @@ class StageRunner:
             outputs = outcome.outputs
         if outcome.output:
             self.run.output(job.index, outcome.output)
+        if self.trace is not None:
+            if outcome.spans is None:  # its worker has no opentelemetry: the driver's view of it
+                counts = outcome.counts
+                self.trace.chunk_seen(
+                    job.index, job.attempt, counts[0].items_in, counts[-1].items_out, result
+                )
+            else:
+                self.trace.received(outcome.spans)
         if outcome.records and self.cache is not None:  # its worker could not reach the store
             for step_name, fingerprint, records in outcome.records:
                 self.cache.store.write(step_name, fingerprint, records)
@@ -403,6 +418,9 @@ class StageRunner:
         output = getattr(error, "output", None)
         if output:  # what the chunk printed before it failed
             self.run.output(job.index, output)
+        spans = getattr(error, "spans", None)
+        if spans and self.trace is not None:  # the failed chunk's, from another process
+            self.trace.received(spans)
         public = self._public_error(job, error)
         if job.shipped and killed_for_memory(error) and self._lower_concurrency(job, public):
             self._queue(job, 0.0)  # not an attempt: the shortage was the stage's, maybe not the chunk's
@@ -413,6 +431,8 @@ class StageRunner:
             self._queue(job, self.stage.first.retry_delay * 2 ** (job.attempt - 1))
             gist = public.cause_line if isinstance(public, StepFailed) else first_line(public)
             self.run.emit(ChunkRetried(self.run.run_id, self.stage.name, job.index, job.attempt, gist))
+            if self.trace is not None:
+                self.trace.retried(job.index, job.attempt, gist)
             return
         if may_bisect(error) and isinstance(job.items, list) and not self.keep_output:
             if job.count > 1:
@@ -517,3 +537,5 @@ class StageRunner:
             self.run.emit(
                 StepFinished(self.run.run_id, step.name, stats.items_in, stats.items_out, stats.seconds)
             )
+        if self.trace is not None:
+            self.trace.end()

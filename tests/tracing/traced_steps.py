@@ -1,0 +1,67 @@
+"""A pipeline whose steps open spans of their own, for the tracing tests.
+
+Imports ``opentelemetry`` (the tests skip when it is missing): importing it is the user's act
+that turns tracing on, never madhatter's.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from opentelemetry import trace
+
+from madhatter import depends, parallel, postprocess, preprocess
+
+SIZE = 12
+CHUNK = 4
+
+
+@preprocess
+def numbers() -> list[int]:
+    return list(range(SIZE))
+
+
+@depends(numbers)
+@parallel.map(chunk_by=CHUNK)
+def doubled(x: int) -> int:
+    with trace.get_tracer("user").start_as_current_span("user double"):
+        return 2 * x
+
+
+@depends(doubled)
+@parallel.map
+def incremented(x: int) -> int:
+    return x + 1
+
+
+@depends(incremented)
+@postprocess
+def total(values: list[int]) -> int:
+    with trace.get_tracer("user").start_as_current_span("user total"):
+        return sum(values)
+
+
+@depends(numbers)
+@parallel.map(chunk_by=CHUNK)
+def tripled(x: int) -> int:
+    """No spans of its own: for workers without opentelemetry (a container)."""
+    return 3 * x
+
+
+@depends(numbers)
+@parallel.map(chunk_by=CHUNK, retries=1, retry_delay=0)
+def flaky(x: int, marks: str = "") -> int:
+    """Fails the first time it meets item 0 (a file under ``marks`` remembers)."""
+    mark = pathlib.Path(marks, "failed")
+    if x == 0 and not mark.exists():
+        mark.touch()
+        raise RuntimeError("first time")
+    return x
+
+
+@depends(numbers)
+@parallel.map(chunk_by=CHUNK)
+def broken(x: int) -> int:
+    if x == 5:
+        raise ValueError("five")
+    return x
