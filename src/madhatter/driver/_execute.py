@@ -66,8 +66,7 @@ def execute_plan(
         engine_info = (engines.default_name, own.workers, steps, own.dashboard_link)
         run.emit(RunStarted(run_id, pipeline, *engine_info, _edges(plan), _shown(params), _versions()))
         result = evaluator.result()
-        status = "succeeded"
-        return run.report(result, time.perf_counter() - started)
+        status, elapsed = "succeeded", time.perf_counter() - started
     except (KeyboardInterrupt, RunCancelled) as exc:
         status, error = "cancelled", str(exc) or "interrupted"
         raise
@@ -86,6 +85,7 @@ def execute_plan(
             if trace is not None:
                 trace.end(status, error)
             run.emit(RunFinished(run_id, status, seconds, error))
+    return run.report(result, elapsed)  # after RunFinished, so the report's events end with it
 
 
 def _edges(plan: Plan) -> tuple[tuple[str, str], ...]:
