@@ -271,7 +271,7 @@ class ChainTask:
             except Exception as exc:
                 if op.on_error != "skip" or not items:
                     raise _failure(op.step, chunk, items, exc) from _users(exc)
-                outputs = self._item_by_item(op, chunk, items, skipped)
+                outputs = _flat(self._item_by_item(op, chunk, items, skipped))
             counts.append(StepCount(len(items), len(outputs), time.perf_counter() - started))
             items = outputs
         return ChunkOutcome(items, tuple(counts), tuple(skipped))
@@ -372,20 +372,13 @@ class ChainTask:
     ) -> tuple[list[str], list[Any], list[int], list[tuple[str, list[Any]]]]:
         """The step again item by item (``on_error="skip"``): failing items are left out and not
         filed in the cache (a rerun tries them again)."""
-        kwargs = _setup_kwargs(self.run_key, op)
         bases_out: list[str] = []
         values_out: list[Any] = []
         origins_out: list[int] = []
         made: list[tuple[str, list[Any]]] = []
-        for position, (base, value) in enumerate(zip(bases, values, strict=True)):
-            try:
-                outputs = _apply(op, [value], kwargs)
-            except TaskTimedOut:
-                raise
-            except Exception as exc:
-                cause = _users(exc)
-                error = f"{type(cause).__name__}: {cause}"
-                skipped.append(SkippedItem(op.step, chunk, value, error, user_traceback(cause)))
+        results = self._item_by_item(op, chunk, values, skipped)
+        for position, (base, outputs) in enumerate(zip(bases, results, strict=True)):
+            if outputs is None:
                 continue
             if chained is not None:
                 made.append((base, outputs))
@@ -415,7 +408,7 @@ class ChainTask:
         except Exception as exc:
             if op.on_error != "skip" or not values:
                 raise _failure(op.step, chunk, values, exc) from _users(exc)
-            outputs = self._item_by_item(op, chunk, values, skipped)
+            outputs = _flat(self._item_by_item(op, chunk, values, skipped))
         key = chunk_key(chained or "", bases)
         made = [(key, outputs)] if chained is not None and len(skipped) == failures else []
         return key, outputs, made
@@ -450,19 +443,27 @@ class ChainTask:
 
     def _item_by_item(
         self, op: ChainOp, chunk: int, items: list[Any], skipped: list[SkippedItem]
-    ) -> list[Any]:
-        outputs: list[Any] = []
+    ) -> list[list[Any] | None]:
+        """The step on each item alone (``on_error="skip"``): each item's outputs, or ``None``
+        for an item that failed (it is added to ``skipped``)."""
+        results: list[list[Any] | None] = []
         kwargs = _setup_kwargs(self.run_key, op)
         for item in items:
             try:
-                outputs.extend(_apply(op, [item], kwargs))
+                results.append(_apply(op, [item], kwargs))
             except TaskTimedOut:
                 raise
             except Exception as exc:
                 cause = _users(exc)
                 error = f"{type(cause).__name__}: {cause}"
                 skipped.append(SkippedItem(op.step, chunk, item, error, user_traceback(cause)))
-        return outputs
+                results.append(None)
+        return results
+
+
+def _flat(results: list[list[Any] | None]) -> list[Any]:
+    """The outputs of the items that did not fail, in order."""
+    return [output for outputs in results if outputs is not None for output in outputs]
 
 
 @dataclasses.dataclass(frozen=True)
