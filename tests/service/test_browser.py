@@ -109,3 +109,62 @@ def test_a_run_started_from_the_form_is_followed_live_to_its_result(
         finally:
             browser.close()
     assert (SCREENSHOTS / "run-page.png").stat().st_size > 1000
+
+
+GATED = """
+import pathlib, time
+from madhatter import depends, parallel, preprocess
+
+@preprocess
+def items(gate: str = "", n: int = 4):
+    return list(range(n))
+
+@depends(items)
+@parallel.map(chunk_by=1)
+def wait_for_gate(x, gate: str = ""):
+    print(f"passed the gate with {x}")
+    while x == 3 and not pathlib.Path(gate).exists():  # the last item holds the run open
+        time.sleep(0.05)
+    return x
+"""
+
+
+def test_what_finished_chunks_printed_reaches_the_page_while_the_run_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright (pip install playwright)"
+    )
+    pipeline = write_pipeline(tmp_path, "gated", GATED)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    args = [str(pipeline), "--broker", broker, "--with-worker", "--engine", "threads"]
+    server = Server(args, free_port(), tmp_path / "server.log")
+    server.start()
+    gate = tmp_path / "gate"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(server.url + "/")
+                page.get_by_label('gate (str, default "")', exact=True).fill(str(gate))
+                page.get_by_role("button", name="Start a run of gated").click()
+                page.wait_for_url("**/runs/*")
+                # chunks 0-2 are done, chunk 3 waits at the gate: no new event comes, yet what
+                # they printed reaches the open page over the stream
+                page.wait_for_function(
+                    "['0', '1', '2'].every(x => document.getElementById('step-output')"
+                    ".textContent.includes('passed the gate with ' + x))",
+                    timeout=30_000,
+                )
+                assert page.locator("#run-status").inner_text() == "running"
+                gate.touch()
+                page.wait_for_selector("#result-preview", timeout=60_000)
+                assert "passed the gate with 3" in page.locator("#step-output").inner_text()
+            finally:
+                browser.close()
+    finally:
+        gate.touch()
+        server.stop()

@@ -78,6 +78,7 @@ class _Active:
     cancel_requested: bool = False
     lost: bool = False
     shutdown: bool = False
+    sink: _EventSink | None = None  # its events, flushed by the heartbeat thread when quiet
 
 
 class _EventSink:
@@ -88,6 +89,9 @@ class _EventSink:
         self._pending: list[dict[str, Any]] = []
         self._last = time.monotonic()
         self._items: dict[str, int] = {}
+        # The run's thread adds and flushes; the heartbeat thread flushes what waits through a
+        # quiet stretch. One lock keeps the batches whole and in order.
+        self._lock = threading.Lock()
 
     @property
     def items(self) -> int:
@@ -96,7 +100,8 @@ class _EventSink:
     def __call__(self, event: Event) -> None:
         data = event.to_dict()
         data["run_id"] = self._active.run_id  # the store's id, not the runner's own
-        self._pending.append(data)
+        with self._lock:
+            self._pending.append(data)
         if isinstance(event, ChunkDone):
             self._items[event.step] = self._items.get(event.step, 0) + event.items_in
         elif isinstance(event, StepFinished):
@@ -105,18 +110,34 @@ class _EventSink:
             self.flush()
 
     def log(self, message: str) -> None:
-        self._pending.append(
-            {"type": "Log", "run_id": self._active.run_id, "at": time.time(), "message": message}
-        )
+        with self._lock:
+            self._pending.append(
+                {"type": "Log", "run_id": self._active.run_id, "at": time.time(), "message": message}
+            )
 
-    def flush(self) -> None:
-        self._last = time.monotonic()
-        if not self._pending or self._active.lost:
-            return
-        batch, self._pending = self._pending, []
-        if not self._store.add_events(self._active.run_id, self._active.token, batch):
-            self._active.lost = True
-            self._active.cancel.set()
+    def flush(self, store: Store | None = None) -> None:
+        """Write what waits, through ``store`` (another thread's connection) or the run's."""
+        with self._lock:
+            self._last = time.monotonic()
+            if not self._pending or self._active.lost:
+                return
+            batch, self._pending = self._pending, []
+            try:
+                written = (store or self._store).add_events(
+                    self._active.run_id, self._active.token, batch
+                )
+            except BaseException:
+                self._pending[:0] = batch  # nothing lost: the next flush tries again
+                raise
+            if not written:
+                self._active.lost = True
+                self._active.cancel.set()
+
+    def flush_if_waiting(self, store: Store) -> None:
+        """From the heartbeat thread: write events that have waited :data:`FLUSH_SECONDS` (the
+        run's thread writes only when a new event comes, and a long chunk brings none)."""
+        if self._pending and time.monotonic() - self._last >= FLUSH_SECONDS:
+            self.flush(store)
 
 
 class _RunLogHandler(logging.Handler):
@@ -261,7 +282,7 @@ class Worker:
         active = _Active(run.id, lease.token)
         with self._lock:
             self._active[run.id] = active
-        sink = _EventSink(store, active)
+        sink = active.sink = _EventSink(store, active)
         cache = f", chunk cache at {self.cache}" if self.cache is not None else ""
         sink.log(f"attempt {lease.token} started on worker {run.worker} (engine {self.engine}{cache})")
         handler = _RunLogHandler(sink)
@@ -329,10 +350,22 @@ class Worker:
     def _heartbeats(self, stop: threading.Event) -> None:
         every = min(self.lease_seconds / 3, MAX_HEARTBEAT_SECONDS)
         store = open_store(self.store_url)
+        beaten = time.monotonic()
         try:
-            while not stop.wait(every):
+            while not stop.wait(min(every, FLUSH_SECONDS)):
                 with self._lock:
                     active = list(self._active.values())
+                for run in active:
+                    if run.sink is not None:
+                        try:
+                            run.sink.flush_if_waiting(store)
+                        except Exception:
+                            logger.exception(
+                                "events of run %s could not be written; will retry", run.run_id
+                            )
+                if time.monotonic() - beaten < every:
+                    continue
+                beaten = time.monotonic()
                 for run in active:
                     try:
                         answer = store.heartbeat(run.run_id, run.token, lease_seconds=self.lease_seconds)
