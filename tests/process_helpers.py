@@ -123,3 +123,20 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
+
+
+FAILING_PIPELINE = """
+from madhatter import depends, parallel, preprocess
+
+@preprocess
+def numbers():
+    return [1, 2, 3, 4]
+
+@depends(numbers)
+@parallel.map
+def explode(x):
+    if x == 3:
+        raise ZeroDivisionError(f"cannot divide by item {x}")
+    return x
+"""
+"""A pipeline file for the CLI tests whose step raises on item 3 (``ZeroDivisionError``)."""

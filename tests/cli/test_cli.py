@@ -13,7 +13,7 @@ import pytest
 
 import madhatter
 from madhatter._events import RunFinished, RunStarted, event_from_dict
-from process_helpers import MADHATTER
+from process_helpers import FAILING_PIPELINE, MADHATTER
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HELLO = ROOT / "examples" / "hello.py"
@@ -43,20 +43,6 @@ def joined(values, upper: bool = False):
     return text.upper() if upper else text
 """
 
-FAILING_PIPELINE = """
-from madhatter import depends, parallel, preprocess
-
-@preprocess
-def numbers():
-    return [1, 2, 3, 4]
-
-@depends(numbers)
-@parallel.map
-def explode(x):
-    if x == 3:
-        raise ZeroDivisionError(f"cannot divide by item {x}")
-    return x
-"""
 
 BROKEN_DEFINITION = """
 from madhatter import depends, parallel, preprocess

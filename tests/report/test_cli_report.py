@@ -8,7 +8,7 @@ import re
 import subprocess
 import textwrap
 
-from process_helpers import MADHATTER
+from process_helpers import FAILING_PIPELINE, MADHATTER
 
 PIPELINE = """
 import time
@@ -36,21 +36,6 @@ def even(x):
 @postprocess
 def total(squares, evens):
     return {"sum": sum(squares), "evens": len(evens)}
-"""
-
-FAILING = """
-from madhatter import depends, parallel, preprocess
-
-@preprocess
-def numbers():
-    return [1, 2, 3, 4]
-
-@depends(numbers)
-@parallel.map
-def explode(x):
-    if x == 3:
-        raise ZeroDivisionError(f"cannot divide by item {x}")
-    return x
 """
 
 
@@ -89,7 +74,7 @@ def test_run_writes_a_report_of_two_worker_processes(tmp_path: pathlib.Path) -> 
 
 def test_a_failed_run_still_writes_its_report(tmp_path: pathlib.Path) -> None:
     report = tmp_path / "failed.html"
-    done = run_cli(tmp_path, FAILING, "-q", "--engine", "threads", "--report", str(report))
+    done = run_cli(tmp_path, FAILING_PIPELINE, "-q", "--engine", "threads", "--report", str(report))
     assert done.returncode == 1
     page = report.read_text(encoding="utf-8")
     assert 'status-failed" id="status">failed' in page
@@ -98,6 +83,6 @@ def test_a_failed_run_still_writes_its_report(tmp_path: pathlib.Path) -> None:
 
 
 def test_no_report_unless_asked(tmp_path: pathlib.Path) -> None:
-    done = run_cli(tmp_path, FAILING, "-q", "--engine", "serial")
+    done = run_cli(tmp_path, FAILING_PIPELINE, "-q", "--engine", "serial")
     assert done.returncode == 1
     assert list(tmp_path.glob("*.html")) == []
