@@ -58,7 +58,15 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_local
-from bench_local import BUSY_LOAD, CALIBRATION_ENV, W1_PIPELINE, W2_PIPELINE, W3_PIPELINE, WORKERS
+from bench_local import (
+    BUSY_LOAD,
+    CALIBRATION_ENV,
+    W1_PIPELINE,
+    W2_PIPELINE,
+    W3_PIPELINE,
+    WORKERS,
+    machine_facts,
+)
 
 import madhatter
 
@@ -288,10 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal {elapsed:.0f} s, load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         document = {
-            "madhatter": madhatter.__version__,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": WORKERS,
+            **machine_facts(),
             "rounds": rounds,
             "quick": args.quick,
             "loops_per_second": loops_per_second,

@@ -88,6 +88,7 @@ from bench_local import (
     Kind,
     Timing,
     calibrate,
+    machine_facts,
     serial_w1,
     serial_w3,
     set_calibration,
@@ -841,10 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal {elapsed:.0f} s")
     if args.json:
         document = {
-            "madhatter": madhatter.__version__,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": WORKERS,
+            **machine_facts(),
             "mode": "quick" if args.quick else "full",
             "repeats": repeats,
             "engines": engines,

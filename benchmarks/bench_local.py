@@ -117,6 +117,16 @@ def spin(x: int, loops: int) -> int:
     return acc
 
 
+def machine_facts() -> dict[str, object]:
+    """What every benchmark's ``--json`` document starts with: versions, CPUs, workers."""
+    return {
+        "madhatter": madhatter.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "workers": WORKERS,
+    }
+
+
 def calibrate() -> float:
     """Rounds of :func:`spin` per second on this machine (best of 5 short runs)."""
     loops = 200_000
@@ -985,10 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal {elapsed:.0f} s")
     if args.json:
         document = {
-            "madhatter": madhatter.__version__,
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "workers": WORKERS,
+            **machine_facts(),
             "mode": "quick" if args.quick else "full",
             "repeats": repeats,
             "loops_per_second": _LOOPS_PER_SECOND,
