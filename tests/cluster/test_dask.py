@@ -206,3 +206,30 @@ def test_the_output_is_the_processes_engines(dask_cluster: Any, fuse: bool) -> N
     expected = TWO_STEPS.run(engine="processes", workers=2, inline=False, fuse=fuse)
     found = TWO_STEPS.run(engine="dask", address=dask_cluster.address, inline=False, fuse=fuse)
     assert found == expected
+
+
+@preprocess
+def ten() -> list[int]:
+    return list(range(10))
+
+
+@depends(ten)
+@parallel.map(chunk_by=1, timeout=1.0)
+def queued_behind_others(x: int) -> int:
+    time.sleep(0.3)
+    return x
+
+
+def test_a_timeout_counts_from_the_start_on_the_worker_not_the_submission(dask_cluster: Any) -> None:
+    """Ten 0.3 s tasks, all submitted at once to two single-threaded workers: the last ones wait
+    1.2 s on their worker before they start, past the 1 s timeout, and must not be failed for
+    it (timed from submission, they were: seen in CI)."""
+    listener = RecordingListener()
+    result = madhatter.Pipeline([queued_behind_others]).run(
+        engine="dask", address=dask_cluster.address, listeners=[listener], inline=False
+    )
+    assert result == list(range(10))
+    chunks = listener.of_type(ChunkDone)
+    assert len(chunks) == 10
+    starts = sorted(c.started_at for c in chunks)
+    assert starts[-1] - starts[0] > 1.0  # the test's premise: some waited longer than the timeout

@@ -31,9 +31,12 @@ ms of CPU per task, against ~1 ms for a hand-written ``client.map``):
   fetches the results of every task done meanwhile with one ``client.gather`` (one round trip,
   not one per task).
 
-Retries are Dask's own (``retries=``, without ``retry_delay``). Dask cannot stop a task once it
-runs: a task past its timeout fails its chunk with ``TaskTimedOut`` and is cancelled, but its
-worker thread finishes it in the background.
+Retries are Dask's own (``retries=``, without ``retry_delay``). A task's timeout counts from when
+it starts on its worker, not from its submission (it may wait behind others there): a task with a
+timeout tells the driver when it starts, through Dask's event topics (:data:`STARTED_TOPIC`), and
+the driver starts its clock then. Dask cannot stop a task once it runs: a task past its timeout
+fails its chunk with ``TaskTimedOut`` and is cancelled, but its worker thread finishes it in the
+background.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ batches of submits and gathers: 20,000 one-item tasks (``bench_cluster.py``, dri
 the driver 1.4 ms each with 2 per worker, 0.7 ms with 8."""
 
 
+STARTED_TOPIC = "madhatter-task-started"
+"""The Dask event topic on which a task with a timeout says it has started (its key): the
+driver's clock for the timeout starts then. A worker thread cannot be interrupted by an alarm, so
+the driver times the task, and only the worker knows when it leaves the worker's queue."""
+
 LARGE_FUNCTION_BYTES = 5 * 2**20
 """A pickled stage function this big travels with Dask's large-graph warning silenced (it
 warns at 10 MB by default; the function is sent once per stage on purpose)."""
@@ -108,18 +116,26 @@ def _unbox(element: Any) -> Any:
 
 
 def _run_on_worker(
-    elements: tuple[Any, ...], *, function_key: str, function_bytes: bytes, keep_output: bool
+    elements: tuple[Any, ...],
+    *,
+    function_key: str,
+    function_bytes: bytes,
+    keep_output: bool,
+    timed: bool = False,
 ) -> TaskResult:
     """Runs inside a Dask worker: call the task function, timed, and say where it ran.
 
     The function arrives pickled by cloudpickle (Dask would try plain pickle first, which pickles
     a step by reference to a module the workers may not have). With ``keep_output`` the function
     returns ``(summary, output)``; the output goes back boxed, so that Dask keeps and moves it as
-    one object.
+    one object. A ``timed`` task (one with a timeout) first tells the driver it has started.
     """
+    worker = distributed.get_worker()
+    if timed:
+        worker.log_event(STARTED_TOPIC, worker.get_current_task())
     function = load_function(function_key, function_bytes)
     argument = tuple(_unbox(element) for element in elements)
-    result = timed_call(function, argument, distributed.get_worker().address)
+    result = timed_call(function, argument, worker.address)
     if keep_output:
         summary, output = result.value
         return dataclasses.replace(result, value=(summary, _Box(output)))
@@ -189,9 +205,16 @@ def _group(pending: Sequence[_Pending]) -> dict[tuple[Any, ...], list[_Pending]]
             task.retries,
             repr(sorted(task.resources.items())),
             len(task.argument) if isinstance(task.argument, tuple) else -1,
+            task.timeout is not None,
         )
         groups.setdefault(shape, []).append(item)
     return groups
+
+
+def _cancel(item: _Pending) -> None:
+    """Cancel a timed-out task on the cluster (its worker thread still finishes it)."""
+    if item.remote is not None:
+        item.remote.cancel()
 
 
 def _outcome(remote: Any, output: Any) -> tuple[TaskResult | None, BaseException | None]:
@@ -260,11 +283,13 @@ class DaskEngine(Engine):
         self._out: dict[str, _Pending] = {}  # sent, by the key of the Dask future waited on
         self._done: list[Any] = []  # Dask futures done, their results not yet fetched
         self._sending = 0  # batches taken off the queue, not yet in ``_out``
+        self._timed: dict[str, _Pending] = {}  # tasks with a timeout, by their main task's key
         self._closing = False
         self._threads = [
             threading.Thread(target=self._send_loop, name="madhatter-dask-submit", daemon=True),
             threading.Thread(target=self._gather_loop, name="madhatter-dask-gather", daemon=True),
         ]
+        self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
         try:
             self._check_workers()
         except BaseException:
@@ -336,6 +361,7 @@ class DaskEngine(Engine):
                         self._send(group)
                     except Exception as exc:  # the cluster went away
                         for item in group:
+                            self._stop_clock(item)
                             settle(item.result, error=exc)
             finally:
                 with self._lock:
@@ -345,6 +371,10 @@ class DaskEngine(Engine):
     def _send(self, group: list[_Pending]) -> None:
         """Send tasks that share their function and options as one ``client.map`` call."""
         first = group[0].task
+        keys = [f"madhatter-{item.task.key}" for item in group]
+        if first.timeout is not None:  # before sending: a task may start before ``map`` returns
+            with self._lock:
+                self._timed.update(zip(keys, group, strict=True))
         options: dict[str, Any] = {
             "pure": False,
             "retries": first.retries or None,
@@ -353,10 +383,11 @@ class DaskEngine(Engine):
         mains = self._client.map(
             _run_on_worker,
             [item.arguments for item in group],
-            key=[f"madhatter-{item.task.key}" for item in group],
+            key=keys,
             function_key=first.function_key,
             function_bytes=self._functions.handle(first),
             keep_output=first.keep_output,
+            timed=first.timeout is not None,
             **options,
         )
         waited = mains
@@ -369,10 +400,28 @@ class DaskEngine(Engine):
                 item.remote = remote
                 item.output = main if first.keep_output else None
                 self._out[remote.key] = item
-                if item.task.timeout is not None:
-                    item.timer = expire_after(item.result, item.task.timeout, remote.cancel)
         for remote in waited:
             remote.add_done_callback(self._on_done)
+
+    def _on_started(self, event: tuple[float, Any]) -> None:
+        """On the client's event loop: a task with a timeout started on its worker (again, if
+        Dask reruns it: each attempt gets the whole timeout), so its clock starts now."""
+        _, key = event
+        with self._lock:
+            item = self._timed.get(key)
+            if item is None or item.task.timeout is None:  # done already, or another client's
+                return
+            if item.timer is not None:
+                item.timer.cancel()
+            item.timer = expire_after(item.result, item.task.timeout, lambda: _cancel(item))
+
+    def _stop_clock(self, item: _Pending) -> None:
+        """The task is answered: its timeout no longer applies (nor does a late start)."""
+        with self._lock:
+            self._timed.pop(f"madhatter-{item.task.key}", None)
+            timer, item.timer = item.timer, None
+        if timer is not None:
+            timer.cancel()
 
     # -- results ---------------------------------------------------------------------------
 
@@ -408,8 +457,7 @@ class DaskEngine(Engine):
             if value is None and remote.status in ("pending", "lost"):
                 self._await_recomputed(remote, item)
                 continue
-            if item.timer is not None:
-                item.timer.cancel()
+            self._stop_clock(item)
             if value is not None:
                 settle(item.result, _answer(value, item.output))
                 continue
@@ -471,9 +519,9 @@ class DaskEngine(Engine):
             left = [*self._queued, *self._out.values()]
             self._queued, self._out = [], {}
         for item in left:
-            if item.timer is not None:
-                item.timer.cancel()
+            self._stop_clock(item)
             settle(item.result, error=TaskLost("the Dask engine was shut down"))
+        self._client.unsubscribe_topic(STARTED_TOPIC)
         for scattered in self._functions.clear():
             scattered.release()
         self._client.close()
