@@ -65,3 +65,18 @@ def broken(x: int) -> int:
     if x == 5:
         raise ValueError("five")
     return x
+
+
+BLOB = 1_500_000
+"""Bytes per item of ``echoed``: over the 1 MiB from which buffers travel in shared memory."""
+
+
+@preprocess
+def blobs() -> list[bytes]:
+    return [bytes([65 + k]) * BLOB for k in range(4)]
+
+
+@depends(blobs)
+@parallel.map(chunk_by=2)
+def echoed(blob: bytes) -> bytes:
+    return blob

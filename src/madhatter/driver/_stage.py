@@ -359,7 +359,7 @@ class StageRunner:
                     job.index, job.attempt, counts[0].items_in, counts[-1].items_out, result
                 )
             else:
-                self.trace.received(outcome.spans)
+                self.trace.received(outcome.spans, (job.index, job.attempt, result))
         if outcome.records and self.cache is not None:  # its worker could not reach the store
             for step_name, fingerprint, records in outcome.records:
                 self.cache.store.write(step_name, fingerprint, records)

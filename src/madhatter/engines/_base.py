@@ -74,12 +74,19 @@ class Remote:
 
 @dataclasses.dataclass(frozen=True)
 class TaskResult:
-    """What a task returned, where it ran and for how long (``started`` is wall-clock time)."""
+    """What a task returned, where it ran and for how long (``started`` is wall-clock time).
+
+    ``sent`` and ``received`` are the bytes its argument and its answer took between the driver
+    and the worker (pickled, shared-memory buffers included), where the engine measured them:
+    ``None`` where the engine's own transport carried them unseen (Ray; Dask's answers).
+    """
 
     value: Any
     worker: str
     started: float
     seconds: float
+    sent: int | None = None
+    received: int | None = None
 
 
 class TaskLost(Exception):

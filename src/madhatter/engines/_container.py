@@ -172,8 +172,9 @@ class ContainerWorker:
 
     def run(
         self, message: bytes, timeout: float | None, fds: Sequence[int] = ()
-    ) -> tuple[bool, Any, float, float]:
-        """Send one task message and wait for its answer: ``(ok, value, started, seconds)``.
+    ) -> tuple[bool, Any, float, float, int]:
+        """Send one task message and wait for its answer: ``(ok, value, started, seconds,
+        received)``, ``received`` the bytes the answer took.
 
         Raises :class:`TaskTimedOut` (the container is killed) past ``timeout`` plus a grace
         period, and :class:`TaskLost` saying why if the container dies first.
@@ -199,11 +200,11 @@ class ContainerWorker:
             error = RuntimeError(
                 f"the task's result cannot be loaded in the driver: {type(exc).__name__}: {exc}"
             )
-            return False, error, time.time(), 0.0
+            return False, error, time.time(), 0.0, len(reply)  # not a result: not counted
         finally:
             for fd in reply_fds:  # mapped by now: the mapping keeps the pages
                 os.close(fd)
-        return ok, value, started, seconds
+        return ok, value, started, seconds, shared_memory.message_bytes(answer)
 
     def _exchange_on_link(
         self, message: bytes, fds: Sequence[int], deadline: float | None

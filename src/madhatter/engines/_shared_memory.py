@@ -68,6 +68,11 @@ class Pickled:
         self.lifted = lifted
 
     @property
+    def size(self) -> int:
+        """The bytes this value travels as: its stream and its shared buffers."""
+        return len(self.data) + self.shared_bytes
+
+    @property
     def shared_bytes(self) -> int:
         """How many bytes travel through shared memory rather than in ``data``."""
         return sum(view.nbytes for view in self.buffers)
@@ -95,6 +100,12 @@ class Pickled:
     def message(self, layout: Layout) -> Message:
         """What travels in the message for this value (its descriptor travels beside it)."""
         return self.data, layout, self.lifted
+
+
+def message_bytes(message: Message) -> int:
+    """The bytes a value travelled as: its stream and its shared buffers."""
+    data, layout, _lifted = message
+    return len(data) + sum(length for _offset, length in layout)
 
 
 def in_stream(data: bytes | None) -> Message | None:

@@ -171,6 +171,7 @@ class _Pending:
     timer: threading.Timer | None = None
     remote: Any = None
     output: Any = None
+    sent: int = 0  # bytes of the pickled argument (kept outputs travel between workers)
 
 
 def _arguments(task: Task) -> tuple[Any, ...]:
@@ -217,7 +218,7 @@ def _cancel(item: _Pending) -> None:
         item.remote.cancel()
 
 
-def _outcome(remote: Any, output: Any) -> tuple[TaskResult | None, BaseException | None]:
+def _outcome(remote: Any, item: _Pending) -> tuple[TaskResult | None, BaseException | None]:
     """A done Dask future's answer, fetched on its own, as ``(result, error)``.
 
     Its result may have been lost with its worker since it was done (Dask then recomputes it):
@@ -233,16 +234,16 @@ def _outcome(remote: Any, output: Any) -> tuple[TaskResult | None, BaseException
         return None, TaskLost(f"Dask gave up on the task after its workers died: {error}")
     except Exception as error:  # the task's own error
         return None, error
-    return _answer(value, output), None
+    return _answer(value, item), None
 
 
-def _answer(result: TaskResult, output: Any) -> TaskResult:
-    """The runner's answer for a task's result: for ``keep_output`` tasks the output is
-    ``output``, the future that keeps it on the cluster."""
-    if output is None:
-        return result
+def _answer(result: TaskResult, item: _Pending) -> TaskResult:
+    """The runner's answer for a task's result, with the bytes its argument took: for
+    ``keep_output`` tasks the output is ``item.output``, the future that keeps it on the cluster."""
+    if item.output is None:
+        return dataclasses.replace(result, sent=item.sent)
     summary, count = result.value
-    return dataclasses.replace(result, value=(summary, Remote(output, count)))
+    return dataclasses.replace(result, value=(summary, Remote(item.output, count)), sent=item.sent)
 
 
 class DaskEngine(Engine):
@@ -341,7 +342,8 @@ class DaskEngine(Engine):
         with self._lock:
             if self._closing:
                 raise EngineError("the dask engine is shut down")
-            self._queued.append(_Pending(task, arguments, result))
+            sent = sum(len(element) for element in arguments if isinstance(element, bytes))
+            self._queued.append(_Pending(task, arguments, result, sent=sent))
             self._lock.notify_all()
         return result
 
@@ -459,10 +461,10 @@ class DaskEngine(Engine):
                 continue
             self._stop_clock(item)
             if value is not None:
-                settle(item.result, _answer(value, item.output))
+                settle(item.result, _answer(value, item))
                 continue
             try:
-                answer, error = _outcome(remote, item.output)
+                answer, error = _outcome(remote, item)
             except Exception as exc:  # fetching the result itself failed (the cluster went away)
                 answer, error = None, TaskLost(f"the result could not be fetched from Dask: {exc!r}")
             settle(item.result, answer, error)

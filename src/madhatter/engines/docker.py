@@ -372,7 +372,9 @@ class DockerEngine(Engine):
             (task.key, task.function_key, in_stream(function), argument.message(layout))
         )
         try:
-            ok, value, started, seconds = worker.run(message, task.timeout, [] if fd is None else [fd])
+            ok, value, started, seconds, received = worker.run(
+                message, task.timeout, [] if fd is None else [fd]
+            )
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died
             return False, exc
         finally:
@@ -380,7 +382,8 @@ class DockerEngine(Engine):
                 os.close(fd)
         worker.functions.add(task.function_key)
         if ok:
-            return True, TaskResult(value, f"container-{worker.name}", started, seconds)
+            name = f"container-{worker.name}"
+            return True, TaskResult(value, name, started, seconds, argument.size, received)
         return True, value
 
     @staticmethod

@@ -354,7 +354,8 @@ class ProcessesEngine(Engine):
         if pending.future.done():
             return True
         if ok:
-            pending.future.set_result(TaskResult(value, worker.name, started, seconds))
+            sizes = pending.argument.size, shared_memory.message_bytes(answer)
+            pending.future.set_result(TaskResult(value, worker.name, started, seconds, *sizes))
         else:
             pending.future.set_exception(value)
         return True

@@ -81,6 +81,13 @@ class RunTrace:
         self.span.end()
 
 
+def shipped(result: TaskResult) -> dict[str, int]:
+    """A chunk span's attributes for the bytes its task's argument and answer took between the
+    driver and the worker, as far as the engine measured them."""
+    sizes = {"madhatter.bytes_sent": result.sent, "madhatter.bytes_received": result.received}
+    return {key: size for key, size in sizes.items() if size is not None}
+
+
 class StageTrace:
     """A stage's span, and the carrier that makes its chunks' spans its children."""
 
@@ -102,12 +109,25 @@ class StageTrace:
             {"madhatter.chunk": chunk, "madhatter.retry": attempt, "error.message": error},
         )
 
-    def received(self, spans: Spans) -> None:
-        """Spans a worker in another process made, for the driver's span processors."""
-        if spans:
-            from ._sdk import export
+    def received(self, spans: Spans, chunk: tuple[int, int, TaskResult] | None = None) -> None:
+        """Spans a worker in another process made, for the driver's span processors. ``chunk``
+        (index, attempt, the engine's result) names the chunk whose result brought them: its span
+        gets the bytes the task took (the worker could not know them)."""
+        if not spans:
+            return
+        if chunk is not None:
+            index, attempt, result = chunk
+            for data in spans:
+                attributes = data["attributes"]
+                if (
+                    data["name"] == f"madhatter chunk {self.name}"
+                    and attributes.get("madhatter.chunk") == index
+                    and attributes.get("madhatter.retry") == attempt
+                ):
+                    attributes.update(shipped(result))
+        from ._sdk import export
 
-            export(spans)
+        export(spans)
 
     def chunk_seen(
         self, chunk: int, attempt: int, items_in: int, items_out: int, result: TaskResult
@@ -129,6 +149,7 @@ class StageTrace:
                 "madhatter.items_in": items_in,
                 "madhatter.items_out": items_out,
                 "madhatter.worker": result.worker,
+                **shipped(result),
             },
         )
         span.end(start + int(result.seconds * 1e9))

@@ -58,6 +58,8 @@ def traced_chunk(
         "process.pid": os.getpid(),
         "thread.name": threading.current_thread().name,
     }
+    if collector is None:  # in the driver's process: nothing travelled
+        attributes.update({"madhatter.bytes_sent": 0, "madhatter.bytes_received": 0})
     tracer = trace.get_tracer("madhatter")
     context = TraceContextTextMapPropagator().extract(fields)
     name = f"madhatter chunk {fields['madhatter.step']}"

@@ -1,9 +1,7 @@
-"""The same span tree on Dask and Ray workers (real clusters: tests/cluster/conftest.py), and
-what the driver makes of chunks run in containers without opentelemetry."""
+"""What the driver makes of chunks run in containers without opentelemetry (the test image):
+their spans, from the times the engine measured."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import cloudpickle
 import pytest
@@ -12,7 +10,6 @@ pytest.importorskip("opentelemetry.sdk", reason="tracing needs madhatter[otel] a
 
 import traced_steps as t
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from test_tracing import assert_span_tree
 
 from madhatter import Pipeline
 
@@ -20,16 +17,6 @@ from madhatter import Pipeline
 cloudpickle.register_pickle_by_value(t)
 
 pytestmark = pytest.mark.slow
-
-
-def test_span_tree_on_dask(spans: InMemorySpanExporter, dask_cluster: Any) -> None:
-    report = Pipeline([t.total]).execute(engine="dask", address=dask_cluster.address, inline=False)
-    assert_span_tree(spans, report.result, "dask", in_driver=False)
-
-
-def test_span_tree_on_ray(spans: InMemorySpanExporter, ray_cluster: Any) -> None:
-    report = Pipeline([t.total]).execute(engine="ray", address=ray_cluster.address, inline=False)
-    assert_span_tree(spans, report.result, "ray", in_driver=False)
 
 
 @pytest.mark.usefixtures("madhatter_containers")
@@ -49,6 +36,9 @@ def test_chunk_spans_from_the_driver_on_docker(spans: InMemorySpanExporter, imag
         assert attributes["madhatter.engine"] == "docker"
         assert attributes["madhatter.items_in"] == attributes["madhatter.items_out"] == t.CHUNK
         assert attributes["madhatter.worker"]
+        # the pickled chunk of 4 ints each way (the envelope of the task is not counted)
+        assert 4 < attributes["madhatter.bytes_sent"] < 2_000
+        assert 4 < attributes["madhatter.bytes_received"] < 2_000
         assert chunk.start_time is not None
         assert chunk.end_time is not None
         assert chunk.start_time < chunk.end_time
