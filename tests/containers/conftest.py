@@ -8,9 +8,12 @@ which; under ``MADHATTER_REQUIRE_ALL=1`` (CI) a skip is a failure.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import os
-from collections.abc import Iterator
+import pathlib
+import tarfile
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -55,6 +58,55 @@ def wrong_python_image(docker_client: Any, image: str) -> str:
         fileobj=io.BytesIO(dockerfile.encode()), tag=name, network_mode="none", rm=True
     )
     return name
+
+
+OTEL_DISTRIBUTIONS = ("opentelemetry-sdk",)
+"""What a traced container needs (with its requirements), copied from this environment."""
+
+
+@pytest.fixture(scope="session")
+def otel_image(docker_client: Any, image: str) -> str:
+    """The test image with OpenTelemetry's API and SDK, as a user's image with
+    ``madhatter[otel]`` has them: built offline, from the distributions installed here (the
+    container's Python is this one's major.minor, and they are pure Python)."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel image copies this environment's SDK")
+    name = "madhatter-test/python-otel:3.11"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = f"FROM {image}\nCOPY site/ /usr/lib/python3/dist-packages/\n".encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        for distribution in _with_requirements(OTEL_DISTRIBUTIONS):
+            for file in distribution.files or ():
+                source = pathlib.Path(str(distribution.locate_file(file)))
+                if source.is_file() and not {"__pycache__", ".."} & set(file.parts):
+                    tar.add(source, arcname=f"site/{file}")
+    context.seek(0)
+    docker_client.images.build(
+        fileobj=context, custom_context=True, tag=name, network_mode="none", rm=True
+    )
+    return name
+
+
+def _with_requirements(names: Iterable[str]) -> list[importlib.metadata.Distribution]:
+    """The installed distributions ``names`` and, transitively, those they require here."""
+    from packaging.requirements import Requirement
+
+    found: dict[str, importlib.metadata.Distribution] = {}
+    waiting = list(names)
+    while waiting:
+        name = waiting.pop()
+        distribution = importlib.metadata.distribution(name)
+        key = distribution.metadata["Name"].lower().replace("_", "-")
+        if key in found:
+            continue
+        found[key] = distribution
+        for text in distribution.requires or ():
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                waiting.append(requirement.name)
+    return list(found.values())
 
 
 @pytest.fixture

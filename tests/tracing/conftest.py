@@ -1,5 +1,10 @@
-"""Each tracing test (``spans``) gets the SDK's in-memory exporter behind the global tracer provider, and
-leaves the process as it found it (no provider), so other tests run untraced."""
+"""Each tracing test (``spans``) gets the SDK's in-memory exporter behind the global tracer
+provider, and leaves the process as it found it (no provider), so other tests run untraced.
+
+The span tree itself is checked on every engine by the shipped conformance suite
+(``EngineConformance.test_spans_nest_run_steps_chunks_and_the_users_own``); the tests here are
+the rest: retries, failures, no provider, no import, containers without OpenTelemetry.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +15,18 @@ from typing import Any
 
 import pytest
 
-
-def _reset_provider() -> None:
-    """What ``opentelemetry.test.globals_test.reset_trace_globals`` does (test-utils package)."""
-    from opentelemetry import trace
-    from opentelemetry.util._once import Once
-
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
+from madhatter.testing import in_memory_spans
 
 
 @pytest.fixture
 def spans() -> Iterator[Any]:
     """The SDK's in-memory exporter (an ``InMemorySpanExporter``), behind a provider of the SDK."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    _reset_provider()
-    trace.set_tracer_provider(provider)
-    try:
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs madhatter[otel] and the SDK")
+    with in_memory_spans() as exporter:
         yield exporter
-    finally:
-        provider.shutdown()
-        _reset_provider()
 
 
-# The real clusters and the Docker image of the cluster and container tests, for the span tree
-# on their workers (test_tracing_remote.py); cluster_helpers lives in the cluster tests' folder.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cluster"))
-from cluster.conftest import dask_cluster, ray_cluster  # noqa: E402, F401
+# The Docker image of the container tests, for chunks run in containers without OpenTelemetry
+# (test_tracing_remote.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from containers.conftest import docker_client, image, madhatter_containers  # noqa: E402, F401

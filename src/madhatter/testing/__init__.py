@@ -7,7 +7,9 @@
   subclasses in their own tests (it needs pytest, so it is imported on first use: the rest of
   this package, which the suite's workers import, does not);
 * ``FakeClusterEngine`` is a cluster engine in one file, built from the engine contract and its
-  kit alone, that passes the suite: the worked example of docs/engines.md.
+  kit alone, that passes the suite: the worked example of docs/engines.md;
+* ``in_memory_spans()`` traces a block of code into OpenTelemetry's in-memory exporter, to test
+  the spans of a run (``madhatter[otel]`` and ``opentelemetry-sdk``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ from .._errors import MissingExtraError
 from .._events import Event
 from ..engines import engine_class, engine_names
 from ._fake import FakeClusterEngine
+from ._tracing import in_memory_spans
 
 if TYPE_CHECKING:
     from ._conformance import EngineConformance
 
-__all__ = ["EngineConformance", "FakeClusterEngine", "RecordingListener", "available_engines"]
+__all__ = [
+    "EngineConformance",
+    "FakeClusterEngine",
+    "RecordingListener",
+    "available_engines",
+    "in_memory_spans",
+]
 
 
 def __getattr__(name: str) -> Any:

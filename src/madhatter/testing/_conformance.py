@@ -63,6 +63,7 @@ from ..events import (
 )
 from . import RecordingListener
 from . import _pipelines as p
+from ._tracing import in_memory_spans
 
 
 def _wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
@@ -376,3 +377,58 @@ class EngineConformance:
             if step != "numbers":  # a parallel step: its chunks add up to its input
                 assert sum(c.items_in for c in chunks) == finish.items_in == report.steps[step].items_in
                 assert all(c.worker and c.seconds >= 0 for c in chunks)
+
+    # -- tracing -------------------------------------------------------------------------------
+
+    def test_spans_nest_run_steps_chunks_and_the_users_own(self) -> None:
+        """With OpenTelemetry's SDK and an in-memory exporter, a run is one trace: the run's span
+        at its root; under it a span per stage and per driver step; under the stage a span per
+        chunk attempt, made where the chunk ran; under each chunk the spans the step's own code
+        opened. The engine's workers need ``opentelemetry-api`` and ``-sdk`` (``madhatter[otel]``;
+        a container's image too)."""
+        pytest.importorskip(
+            "opentelemetry.sdk", reason="the span tree needs madhatter[otel] and opentelemetry-sdk"
+        )
+        with in_memory_spans() as exporter:
+            result = self.run(p.traced_total)
+            finished = exporter.get_finished_spans()
+        assert result == sum(2 * x + 1 for x in range(p.SIZE))
+        assert len({span.context.trace_id for span in finished if span.context}) == 1
+        names = {span.context.span_id: span.name for span in finished if span.context}
+        named: dict[str, list[Any]] = {}
+        for span in finished:
+            named.setdefault(span.name, []).append(span)
+            assert span.end_time is not None
+            if span.parent is not None:
+                assert span.parent.span_id in names, f"{span.name}: its parent was not exported"
+
+        def parent(span: Any) -> str | None:
+            return None if span.parent is None else names[span.parent.span_id]
+
+        [root] = named["madhatter run traced_total"]
+        assert parent(root) is None
+        assert root.attributes["madhatter.engine"] == self.engine
+        stage = "traced_doubled+traced_incremented"
+        [step] = named[f"madhatter step {stage}"]
+        assert parent(step) == root.name
+        assert step.attributes["madhatter.steps"] == ("traced_doubled", "traced_incremented")
+        for driver_step in ("numbers", "traced_total"):
+            [span] = named[f"madhatter step {driver_step}"]
+            assert parent(span) == root.name
+        chunks = named[f"madhatter chunk {stage}"]
+        assert {parent(chunk) for chunk in chunks} == {step.name}
+        attributes = [dict(chunk.attributes) for chunk in chunks]
+        assert sorted(a["madhatter.chunk"] for a in attributes) == list(range(p.SIZE // p.TRACED_CHUNK))
+        for a in attributes:
+            assert a["madhatter.items_in"] == a["madhatter.items_out"] == p.TRACED_CHUNK
+            assert (a["madhatter.engine"], a["madhatter.retry"]) == (self.engine, 0)
+            sizes = [a.get("madhatter.bytes_sent"), a.get("madhatter.bytes_received")]
+            if not self.traits.ships_data:  # the chunk ran in the driver's process
+                assert sizes == [0, 0]
+            else:  # where the engine measured them: at least a byte per item
+                assert all(size is None or size > p.TRACED_CHUNK for size in sizes), sizes
+        users = named["user double"]
+        assert len(users) == p.SIZE
+        assert {parent(span) for span in users} == {f"madhatter chunk {stage}"}
+        [user_total] = named["user total"]
+        assert parent(user_total) == "madhatter step traced_total"

@@ -3,7 +3,8 @@
 They live in a module of the package, not in the test class, so that they pickle by reference:
 a cluster's workers import them from their own madhatter, and a container gets them with the
 madhatter the docker engine ships to it. Nothing here imports more than the standard library and
-madhatter, for the same reason.
+madhatter, for the same reason; the tracing steps import ``opentelemetry`` when they run (only
+the tracing test runs them, and it asks the workers for OpenTelemetry).
 
 State that must cross processes travels in return values, or in files under a path the run
 passes as a parameter. Two helpers fail inside the standard library (``ipaddress``) rather than
@@ -355,3 +356,32 @@ def tripled_stream(x: int) -> int:
 @postprocess(stream=True)
 def first_few(values: Iterable[int]) -> list[int]:
     return list(itertools.islice(values, STREAM_TAKEN))
+
+
+# -- tracing: steps that open spans of their own -----------------------------------------------
+
+TRACED_CHUNK = 8
+
+
+@depends(numbers)
+@parallel.map(chunk_by=TRACED_CHUNK)
+def traced_doubled(x: int) -> int:
+    from opentelemetry import trace  # when it runs: only the tracing test runs it
+
+    with trace.get_tracer("user").start_as_current_span("user double"):
+        return 2 * x
+
+
+@depends(traced_doubled)
+@parallel.map
+def traced_incremented(x: int) -> int:
+    return x + 1
+
+
+@depends(traced_incremented)
+@postprocess
+def traced_total(values: list[int]) -> int:
+    from opentelemetry import trace
+
+    with trace.get_tracer("user").start_as_current_span("user total"):
+        return sum(values)
