@@ -78,16 +78,20 @@ class DaskCluster:
             client.wait_for_workers(count, timeout=START_SECONDS)
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+        """Workers first, then the scheduler: a worker whose scheduler went first can hang in its
+        own close (``rpc.close``) until the 10 s deadline kills it."""
+        scheduler, *workers = self.processes
         deadline = time.monotonic() + 10
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        for group in (workers, [scheduler]):
+            for process in group:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+            for process in group:
+                try:
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
 
 
 @pytest.fixture(scope="module")

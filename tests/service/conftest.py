@@ -1,4 +1,5 @@
-"""Fixtures of the service tests: a real ``redis-server``, stores on both back ends, real workers.
+"""Fixtures of the service tests: a real ``redis-server``, stores on both back ends, real workers,
+and (from the cluster tests) a real Dask cluster.
 
 The Redis server is Debian's ``redis-server`` binary, started once per session on a free port of
 127.0.0.1 with persistence off; without the binary, Redis tests skip with the reason (and fail
@@ -12,6 +13,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -138,3 +140,10 @@ def run_status(store_url: str) -> Iterator[Callable[[str], str | None]]:
             return None if record is None else record.status
 
         yield status
+
+
+# The cluster tests' real Dask cluster (a scheduler and workers as separate OS processes), for what
+# steps print on Dask workers (test_step_output.py, test_browser.py); cluster_helpers, which its
+# conftest imports, lives in the cluster tests' folder.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cluster"))
+from cluster.conftest import dask_cluster  # noqa: E402, F401

@@ -1,18 +1,21 @@
 """End to end in a real headless Chromium (Debian's ``chromium``, driven by Playwright): start a run
 from the form, watch its progress reach 100% live, see what its step printed, open the result,
-re-run it and see that it came from the worker's chunk cache; screenshots of the run pages are
-kept under ``artifacts/`` (git-ignored) for CI to collect."""
+re-run it and see that it came from the worker's chunk cache; see what a step printed on the
+workers of a real Dask cluster under its step and chunk; screenshots of the run pages are kept
+under ``artifacts/`` (git-ignored) for CI to collect."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
-from service_helpers import Server, free_port, write_pipeline
+from service_helpers import Server, Workers, free_port, get_json, write_pipeline
 
+from cluster.conftest import DaskCluster
 from process_helpers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
@@ -168,3 +171,60 @@ def test_what_finished_chunks_printed_reaches_the_page_while_the_run_goes_on(
     finally:
         gate.touch()
         server.stop()
+
+
+def _sections(printed: str) -> dict[tuple[str, int, str], str]:
+    """The text of ``#step-output`` under each ``[STEP chunk N STREAM]`` head, by (step, chunk,
+    stream)."""
+    parts = re.split(r"^\[(\w+) chunk (\d+) (\w+)\]\n", printed, flags=re.MULTILINE)
+    assert parts[0] == "", parts[0][:300]  # nothing before the first head
+    found: dict[tuple[str, int, str], str] = {}
+    heads_and_texts = zip(parts[1::4], parts[2::4], parts[3::4], parts[4::4], strict=True)
+    for step, chunk, stream, text in heads_and_texts:
+        key = (step, int(chunk), stream)
+        found[key] = found.get(key, "") + text
+    return found
+
+
+def test_what_a_step_printed_on_dask_workers_is_under_its_step_and_chunk_on_the_page(
+    tmp_path: pathlib.Path,
+    servers: Callable[..., Server],
+    workers: Workers,
+    dask_cluster: DaskCluster,
+) -> None:
+    """STEADY's square has a timeout, so its chunks always go to the cluster's workers (separate
+    processes that cannot import the pipeline file) and what they print comes back from there."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs playwright (pip install playwright)"
+    )
+    pipeline = write_pipeline(tmp_path, "steady", STEADY)
+    broker = f"sqlite:///{tmp_path / 'madhatter.db'}"
+    server = servers(str(pipeline), "--broker", broker)
+    workers.start(broker, str(pipeline), "--engine", "dask", "--address", dask_cluster.address)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.get_by_label("n (int, default 10)", exact=True).fill("12")
+            page.get_by_role("button", name="Start a run of steady").click()
+            page.wait_for_url("**/runs/*")
+            run_id = page.url.rpartition("/")[2]
+            page.wait_for_selector("#result-preview", timeout=60_000)
+            assert page.locator("#run-status").inner_text() == "succeeded"
+            assert "'sum': 506" in page.locator("#result-preview").inner_text()
+            sections = _sections(page.locator("#step-output").inner_text())
+            page.screenshot(path=str(tmp_path / "dask-run-page.png"), full_page=True)
+        finally:
+            browser.close()
+    # each chunk of square printed its two lines, under its own head and no other
+    assert sorted(sections) == [("square", chunk, "stdout") for chunk in range(6)], sections
+    for (_, chunk, _), text in sections.items():
+        assert text == f"squared {2 * chunk}\nsquared {2 * chunk + 1}\n", (chunk, text)
+    # and every chunk ran on a worker of the cluster, none inline in the service's worker
+    events = get_json(f"{server.url}/api/runs/{run_id}/events")["events"]
+    ran_on = {e["chunk"]: e["worker"] for e in events if e["type"] == "ChunkDone"}
+    assert sorted(ran_on) == list(range(6))
+    assert all(str(worker).startswith("tcp://127.0.0.1:") for worker in ran_on.values()), ran_on

@@ -1,6 +1,8 @@
 """What steps print and log reaches the service's run: per step and chunk, over the API, from a
-real worker process on the processes engine; a run that prints far more than the run's budget
-(10 Mi characters) is cut with one mark, and the service stays up and keeps serving."""
+real worker process on the processes engine and on a real Dask cluster (a scheduler and workers
+as separate OS processes, which cannot import the pipeline file: its steps travel by value); a run
+that prints far more than the run's budget (10 Mi characters) is cut with one mark, and the
+service stays up and keeps serving."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def numbers(count: int = 8):
     return list(range(count))
 
 @depends(numbers)
-@parallel.map(chunk_by=2)
+@parallel.map(chunk_by=2, timeout=60)  # a timeout: chunks run on the engine, never inline
 def talk(x, flood: int = 0):
     print(f"printed {x}")
     log.info("logged %d", x)
@@ -42,19 +44,45 @@ def _outputs(client: Client, run_id: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture
+def service_engine() -> str:
+    """The worker's engine: processes, unless a test parametrizes it."""
+    return "processes"
+
+
+@pytest.fixture
 def client(
-    tmp_path: pathlib.Path, store_url: str, servers: Callable[..., Server], workers: Workers
+    request: pytest.FixtureRequest,
+    service_engine: str,
+    tmp_path: pathlib.Path,
+    store_url: str,
+    servers: Callable[..., Server],
+    workers: Workers,
 ) -> Client:
-    """A server with the chatty pipeline, and one worker on the processes engine."""
+    """A server with the chatty pipeline, and one worker on the processes engine (two processes),
+    or on dask: the module's real Dask cluster (two single-threaded worker processes)."""
     pipeline = write_pipeline(tmp_path, "chatty", PIPELINE)
     server = servers(str(pipeline), "--broker", store_url)
-    workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "2")
+    if service_engine == "dask":
+        cluster = request.getfixturevalue("dask_cluster")  # from tests/cluster/conftest.py
+        workers.start(store_url, str(pipeline), "--engine", "dask", "--address", cluster.address)
+    else:
+        workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "2")
     return Client(server.url)
 
 
-def test_prints_and_logs_reach_the_run_under_their_step_and_chunk(client: Client) -> None:
+@pytest.mark.parametrize("service_engine", ["processes", "dask"])
+def test_prints_and_logs_reach_the_run_under_their_step_and_chunk(
+    client: Client, service_engine: str
+) -> None:
     run = client.submit("chatty", {})
     assert client.wait(run["id"], timeout=120)["status"] == "succeeded"
+    # every chunk ran on the engine's workers (a process, or a Dask worker of the cluster), none
+    # inline in the service worker ("driver"): the lines crossed from there
+    events = client.json("GET", f"/api/runs/{run['id']}/events")["events"]
+    ran_on = {e["chunk"]: str(e["worker"]) for e in events if e["type"] == "ChunkDone"}
+    assert sorted(ran_on) == [0, 1, 2, 3]
+    where = "tcp://127.0.0.1:" if service_engine == "dask" else "pid-"
+    assert all(worker.startswith(where) for worker in ran_on.values()), ran_on
     texts: dict[tuple[object, object, object], str] = {}
     for event in _outputs(client, run["id"]):
         key = (event["step"], event["chunk"], event["stream"])
