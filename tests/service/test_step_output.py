@@ -7,6 +7,7 @@ service stays up and keeps serving."""
 from __future__ import annotations
 
 import pathlib
+import time
 from collections.abc import Callable
 
 import pytest
@@ -101,3 +102,44 @@ def test_a_run_that_prints_100_mb_is_cut_with_a_mark_and_the_service_stays_up(cl
     assert sum("the run's limit" in str(e["text"]) for e in outputs) == 1
     after = client.submit("chatty", {})  # the service still serves and runs
     assert client.wait(after["id"], timeout=120)["status"] == "succeeded"
+
+
+PATIENT = """
+import pathlib, time
+from madhatter import depends, parallel, preprocess
+
+@preprocess
+def one():
+    return [0]
+
+@depends(one)
+@parallel.map(timeout=60)  # a timeout: the chunk runs in a worker process, never inline
+def patient(x, marks: str = ""):
+    print("waiting to be seen", flush=True)
+    marker = pathlib.Path(marks, "seen")
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return marker.exists()
+"""
+
+
+def test_a_running_chunks_lines_reach_the_api_while_it_runs(
+    tmp_path: pathlib.Path, store_url: str, servers: Callable[..., Server], workers: Workers
+) -> None:
+    """The chunk waits for a file that the test creates only once the API shows the chunk's line:
+    it succeeds with ``True`` only if its output was streamed while it ran."""
+    pipeline = write_pipeline(tmp_path, "patient", PATIENT)
+    server = servers(str(pipeline), "--broker", store_url)
+    workers.start(store_url, str(pipeline), "--engine", "processes", "--workers", "1")
+    client = Client(server.url)
+    run = client.submit("patient", {"marks": str(tmp_path)})
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        if any("waiting to be seen" in str(e["text"]) for e in _outputs(client, run["id"])):
+            (tmp_path / "seen").touch()
+            break
+        time.sleep(0.1)
+    finished = client.wait(run["id"], timeout=60)
+    assert finished["status"] == "succeeded"
+    assert client.json("GET", f"/api/runs/{run['id']}/result") == [True]

@@ -6,6 +6,12 @@ logger (at the levels the user configured) are kept, per step, up to :data:`CHUN
 per chunk, and travel back with the chunk's outcome (or with its error, so what a chunk printed
 before it failed is not lost). The driver turns them into ``ChunkOutput`` events.
 
+Live: where the engine gives the task a channel to the driver (``kit.interim_sender``: serial,
+threads, processes, Dask), a flusher thread sends what a running chunk wrote so far every
+:data:`FLUSH_SECONDS`, so a long chunk's lines reach the run while it runs; the outcome then
+carries only the rest. The thread runs only while such a chunk captures (a driver with an extra
+thread would start its processes workers fresh rather than forked).
+
 Logging levels are the user's, as configured in the driver: the levels set there (the root
 logger's, and those of named loggers) travel with the task (:func:`driver_levels`) and are
 applied in a worker process to loggers it has not configured itself (:func:`apply_levels`), so a
@@ -23,13 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 CHUNK_OUTPUT_BYTES = 64 * 1024
 """What one chunk may keep of its output; the rest is dropped with a mark."""
+
+FLUSH_SECONDS = 0.5
+"""How often a running chunk's new output is sent to the driver, where the engine can."""
 
 Output = tuple[tuple[str, str, str], ...]
 """Captured output: ``(step, stream, text)`` in order; ``stream`` is stdout, stderr or log."""
@@ -40,36 +50,105 @@ _active = 0
 
 
 class Capture:
-    """One chunk's captured output, bounded by ``limit`` characters."""
+    """One chunk's captured output, bounded by ``limit`` characters; with ``send``, what it has
+    not sent yet (:meth:`flush`)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, send: Callable[[Output], None] | None = None) -> None:
         self.limit = limit
         self.size = 0
         self.dropped = 0
         self.step = ""
+        self.send = send
         self._parts: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()  # writes on the chunk's thread, flushes on the flusher's
 
     def write(self, stream: str, text: str) -> None:
-        room = self.limit - self.size
-        if len(text) > room:
-            self.dropped += len(text) - max(room, 0)
-            text = text[: max(room, 0)]
-        if not text:
-            return
-        self.size += len(text)
-        if self._parts and self._parts[-1][:2] == (self.step, stream):
-            step, _, before = self._parts[-1]
-            self._parts[-1] = (step, stream, before + text)
-        else:
-            self._parts.append((self.step, stream, text))
+        with self._lock:
+            room = self.limit - self.size
+            if len(text) > room:
+                self.dropped += len(text) - max(room, 0)
+                text = text[: max(room, 0)]
+            if not text:
+                return
+            self.size += len(text)
+            if self._parts and self._parts[-1][:2] == (self.step, stream):
+                step, _, before = self._parts[-1]
+                self._parts[-1] = (step, stream, before + text)
+            else:
+                self._parts.append((self.step, stream, text))
+
+    def flush(self) -> None:
+        """Send what was written since the last flush (the lock is held while sending, so no
+        flush is under way once :meth:`close` returns)."""
+        with self._lock:
+            if self._parts and self.send is not None:
+                parts, self._parts = tuple(self._parts), []
+                self.send(parts)
+
+    def close(self) -> None:
+        """No more flushes: the rest travels with the chunk's outcome (:meth:`output`)."""
+        with self._lock:
+            self.send = None
 
     def output(self) -> Output:
-        """What was captured, with a mark where the chunk's limit cut it short."""
-        parts = list(self._parts)
+        """What was captured and not sent, with a mark where the chunk's limit cut it short."""
+        with self._lock:
+            parts = list(self._parts)
         if self.dropped:
             mark = f"\n[madhatter: {self.dropped} more characters of this chunk's output dropped]\n"
             parts.append((self.step, "stderr", mark))
         return tuple(parts)
+
+
+class _Flusher:
+    """The thread that sends the output of running chunks that have a channel, every
+    :data:`FLUSH_SECONDS`, while there is any such chunk (it ends with the last)."""
+
+    def __init__(self) -> None:
+        self._captures: set[Capture] = set()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, capture: Capture) -> None:
+        with self._changed:
+            self._captures.add(capture)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="madhatter-output-flusher", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, capture: Capture) -> None:
+        capture.close()
+        with self._changed:
+            self._captures.discard(capture)
+            self._changed.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                if not self._captures:
+                    self._thread = None
+                    return
+                self._changed.wait(FLUSH_SECONDS)
+                captures = list(self._captures)
+            for capture in captures:
+                try:
+                    capture.flush()
+                except Exception:  # the channel broke (the driver went away): keep the rest
+                    capture.close()
+
+
+_flusher = _Flusher()
+
+
+def _new_flusher() -> None:
+    """A forked child has none of its parent's threads: it starts its own flusher when needed."""
+    global _flusher
+    _flusher = _Flusher()
+
+
+os.register_at_fork(after_in_child=_new_flusher)
 
 
 class _ThreadTee:
@@ -130,14 +209,19 @@ def _uninstall() -> None:
 
 
 @contextlib.contextmanager
-def capturing(limit: int) -> Iterator[Capture]:
-    """Capture this thread's output until the block ends."""
-    capture = Capture(limit)
+def capturing(limit: int, send: Callable[[Output], None] | None = None) -> Iterator[Capture]:
+    """Capture this thread's output until the block ends; with ``send``, send it as it comes
+    (every :data:`FLUSH_SECONDS`), leaving only the rest for the block's end."""
+    capture = Capture(limit, send)
     _install()
     _local.capture = capture
+    if send is not None:
+        _flusher.add(capture)
     try:
         yield capture
     finally:
+        if send is not None:
+            _flusher.remove(capture)
         _local.capture = None
         _uninstall()
 

@@ -37,6 +37,7 @@ from ..cache import CacheStore
 from ..cache._keys import chunk_key, chunk_start_key, content_key, lineage, output_key
 from ..engines import TaskTimedOut
 from ..engines._deadline import deadline
+from ..engines.kit import interim_sender
 from ..tracing import Carrier, Spans, traced_chunk
 from ._capture import Levels, Output, apply_levels, capturing, in_step
 
@@ -230,7 +231,7 @@ class ChainTask:
         if not self.capture:
             return self._call(argument)
         apply_levels(self.log_levels)
-        with capturing(self.capture) as capture:
+        with capturing(self.capture, interim_sender()) as capture:
             try:
                 outcome = self._call(argument)
             except Exception as exc:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from threading import Event as ThreadingEvent
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import RunCancelled
 from .._events import ChunkDone, ChunkOutput, Emitter, Event
@@ -30,6 +30,13 @@ CANCEL_POLL_SECONDS = 0.1
 """How often a run with a cancel event looks at it while waiting for tasks."""
 
 OnDone = Callable[[Future[TaskResult]], None]
+
+
+class _Interim(NamedTuple):
+    """Output a chunk sent while it ran, waiting for the driver's thread."""
+
+    chunk: int
+    output: Output
 
 
 class Recorder:
@@ -71,7 +78,8 @@ class RunContext:
         self._skipped: list[SkippedItem] = []
         self._stats: dict[str, StepStats] = {}
         self.driver_threads: list[Future[TaskResult]] = []
-        self._completed: queue.SimpleQueue[Future[TaskResult]] = queue.SimpleQueue()
+        # finished futures, and output that running chunks sent (``interim``), in arrival order
+        self._completed: queue.SimpleQueue[Future[TaskResult] | _Interim] = queue.SimpleQueue()
         self._owners: dict[Future[TaskResult], OnDone] = {}
 
     # -- events, statistics, skipped items -------------------------------------------------
@@ -130,20 +138,29 @@ class RunContext:
     def in_flight(self) -> int:
         return len(self._owners)
 
+    def interim(self, chunk: int, output: Output) -> None:
+        """Output a running chunk sent (a ``Task.interim`` channel, on an engine's thread): it
+        is emitted on the driver's thread, in order with the chunks' completions."""
+        self._completed.put(_Interim(chunk, output))
+
     def dispatch_completed(self, timeout: float | None, *, block: bool) -> None:
-        """Hand every future that finished since the last call to its owner; with ``block``,
-        first wait up to ``timeout`` for one. O(1) per completion, unlike
-        ``concurrent.futures.wait`` (O(futures) per call, which cost W4's 64 threads a fifth of
-        their time)."""
+        """Hand every future that finished since the last call to its owner, and emit the output
+        running chunks sent; with ``block``, first wait up to ``timeout`` for one of either.
+        O(1) per completion, unlike ``concurrent.futures.wait`` (O(futures) per call, which cost
+        W4's 64 threads a fifth of their time)."""
         try:
             if block:
-                future = self._completed.get(timeout=timeout)
-                self._owners.pop(future)(future)
+                self._dispatch(self._completed.get(timeout=timeout))
             while True:
-                future = self._completed.get_nowait()
-                self._owners.pop(future)(future)
+                self._dispatch(self._completed.get_nowait())
         except queue.Empty:
             pass
+
+    def _dispatch(self, done: Future[TaskResult] | _Interim) -> None:
+        if isinstance(done, _Interim):
+            self.output(done.chunk, done.output)
+        else:
+            self._owners.pop(done)(done)
 
     # -- cancellation ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from typing import Any
 
@@ -39,6 +40,7 @@ from ..graph import Stage
 from ..tracing import StageTrace
 from . import _inline_watch as inline_watch
 from ._bisect import Bisection, Part, may_bisect
+from ._capture import Output
 from ._chain import ChainTask, ChunkOutcome, KeepOutput, StepCount, preview, user_traceback
 from ._channel import Channel, Chunk, chunk_size
 from ._context import RunContext
@@ -63,7 +65,7 @@ def run_in_thread(task: Task, worker: str) -> Future[TaskResult]:
 
     def target() -> None:
         try:
-            future.set_result(timed_call(task.function, task.argument, worker))
+            future.set_result(timed_call(task.function, task.argument, worker, task.interim))
         except Exception as exc:
             future.set_exception(exc)
 
@@ -263,6 +265,7 @@ class StageRunner:
                 # a part's chunk used up its retries already: bisection is the bounded rerun
                 retries=self.stage.first.retries if self.traits.retries and not job.part else 0,
                 keep_output=self.keep_output,
+                interim=self._interim(job),
             )
             job.shipped, job.window, job.alone = True, self.window, self._in_flight == 0
             try:
@@ -284,6 +287,7 @@ class StageRunner:
                 inline_watch.watched(self.task, self.stage.name, job.index),
                 "",
                 self._argument(job),
+                interim=self._interim(job),
             )
             future = run_in_thread(task, DRIVER)
             if not wait([future], timeout=PROBE_SECONDS).done:
@@ -317,6 +321,10 @@ class StageRunner:
         self.placement.ran_in_driver(
             job.local_items, outputs, result.seconds, input_done=self._input_done
         )
+
+    def _interim(self, job: Job) -> Callable[[Output], None] | None:
+        """The channel for the output the chunk sends while it runs, if the run captures it."""
+        return functools.partial(self.run.interim, job.index) if self.task.capture else None
 
     def _argument(self, job: Job) -> tuple[Any, ...]:
         """The chain task's argument for ``job``; a traced task's ends with the attempt."""

@@ -48,6 +48,10 @@ class Task:
         keep_output: for engines with the ``keeps_output`` trait only: the function returns a
             pair ``(summary, output)``; the engine brings back ``summary`` and leaves ``output``
             on the cluster, answering ``(summary, Remote(...))``.
+        interim: called in the driver, on any thread, with each message the function sends
+            while it runs (a chunk's output so far: ``kit.interim_sender``), for engines that
+            can carry them; others run the task without a channel (``kit.timed_call``'s
+            ``interim=None``), and the function then keeps them for its result.
 
     ``argument`` is a tuple; any element of it may be a :class:`Remote` from an earlier task of
     the same engine, which the engine replaces by the value itself on the worker.
@@ -61,6 +65,7 @@ class Task:
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     retries: int = 0
     keep_output: bool = False
+    interim: Callable[[Any], None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _shared_memory as shared_memory
@@ -38,6 +38,7 @@ from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import HEADER, LINK_ENVIRONMENT, frame
 from ._link import Link
 from ._serialize import loads
+from ._worker import INTERIM
 from .kit import describe_exit
 
 LABEL = "io.madhatter.engine"
@@ -99,6 +100,11 @@ def host_config(client: Any, spec: ContainerSpec, link_dir: str | None = None) -
     if binds:
         options["binds"] = binds
     return client.api.create_host_config(**options)
+
+
+def _is_interim(decoded: Any) -> bool:
+    """Whether a message from a worker is one its running task sent, not the task's answer."""
+    return isinstance(decoded, tuple) and len(decoded) == 3 and decoded[1] == INTERIM
 
 
 class ContainerWorker:
@@ -171,10 +177,15 @@ class ContainerWorker:
             return Link(connection)
 
     def run(
-        self, message: bytes, timeout: float | None, fds: Sequence[int] = ()
+        self,
+        message: bytes,
+        timeout: float | None,
+        fds: Sequence[int] = (),
+        interim: Callable[[Any], None] | None = None,
     ) -> tuple[bool, Any, float, float, int]:
         """Send one task message and wait for its answer: ``(ok, value, started, seconds,
-        received)``, ``received`` the bytes the answer took.
+        received)``, ``received`` the bytes the answer took. What the task sends while it runs
+        (``(key, INTERIM, message)``) goes to ``interim``.
 
         Raises :class:`TaskTimedOut` (the container is killed) past ``timeout`` plus a grace
         period, and :class:`TaskLost` saying why if the container dies first.
@@ -183,18 +194,29 @@ class ContainerWorker:
         reply_fds: list[int] = []
         try:
             if self.link is not None:
-                reply, reply_fds = self._exchange_on_link(message, fds, deadline)
+                self.link.send(message, fds)
             else:
                 self._socket.settimeout(None)  # not the last read's deadline: sending is not the task
                 self._socket.sendall(frame(message))
-                reply = self._output.read_frame(deadline)
+            while True:
+                reply, reply_fds = self._receive(deadline)
+                try:
+                    decoded: Any = loads(reply)
+                except Exception as exc:  # the answer cannot be loaded: said below
+                    decoded = exc
+                if not _is_interim(decoded):
+                    break
+                if interim is not None:
+                    interim(decoded[2])
         except TimeoutError:
             self.kill()
             raise TaskTimedOut(timeout or 0.0) from None
         except (EOFError, OSError):
             raise TaskLost(self.diagnose()) from None
         try:
-            _key, ok, answer, started, seconds = loads(reply)
+            if isinstance(decoded, Exception):
+                raise decoded
+            _key, ok, answer, started, seconds = decoded
             value = shared_memory.loads(answer, reply_fds[0] if reply_fds else None)
         except Exception as exc:  # the container is fine; its answer cannot be read here
             error = RuntimeError(
@@ -206,11 +228,10 @@ class ContainerWorker:
                 os.close(fd)
         return ok, value, started, seconds, shared_memory.message_bytes(answer)
 
-    def _exchange_on_link(
-        self, message: bytes, fds: Sequence[int], deadline: float | None
-    ) -> tuple[bytes | bytearray, list[int]]:
-        assert self.link is not None
-        self.link.send(message, fds)
+    def _receive(self, deadline: float | None) -> tuple[bytes | bytearray, list[int]]:
+        """The container's next message (and the files that came with it), by ``deadline``."""
+        if self.link is None:
+            return self._output.read_frame(deadline), []
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self.link.poll(left):
             raise TimeoutError

@@ -20,6 +20,7 @@ from typing import Any
 from . import _shared_memory as shared_memory
 from ._link import Link
 from ._serialize import dumps_data, loads
+from .kit import timed_call
 
 STOP = b"stop"
 _PR_SET_PDEATHSIG = 1
@@ -120,10 +121,19 @@ Send = Callable[[bytes, Sequence[int]], None]
 """Send a message with descriptors (a channel that cannot carry any is never given some)."""
 
 
+INTERIM = "interim"
+"""Marks a message a task sent while it ran, ``(key, INTERIM, message)``, from a task's answer
+``(key, ok, answer, started, seconds)``."""
+
+
 def serve(receive: Receive, send: Send, *, shared: bool) -> None:
     """Run tasks as they arrive through ``receive`` and answer each through ``send``, until a
     ``STOP`` message or the end of the channel. Shared by local worker processes (a socket that
-    carries shared-memory files: ``shared``) and container workers (stdin and stdout)."""
+    carries shared-memory files: ``shared``) and container workers (stdin and stdout).
+
+    While a task runs, what it sends through ``kit.interim_sender`` goes out at once as
+    ``(key, INTERIM, message)``, from whichever thread sends it: the answer goes out only after
+    the task's function returned, when nothing sends for it any more."""
     functions: dict[str, Any] = {}
     while True:
         try:
@@ -135,11 +145,15 @@ def serve(receive: Receive, send: Send, *, shared: bool) -> None:
         key, function_key, function_message, argument_message = loads(message)
         started, clock = time.time(), time.perf_counter()
         function_fd, argument_fd = _descriptors_for(fds, function_message, argument_message)
+
+        def interim(message: Any, key: str = key) -> None:
+            send(dumps_data((key, INTERIM, message)), [])
+
         try:
             if function_message is not None:
                 functions[function_key] = _load_function(function_message, function_fd)
             argument = shared_memory.loads(argument_message, argument_fd)
-            value, ok = functions[function_key](argument), True
+            value, ok = timed_call(functions[function_key], argument, "", interim).value, True
         except Exception as exc:
             value, ok = exc, False
         finally:

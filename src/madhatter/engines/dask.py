@@ -34,7 +34,8 @@ ms of CPU per task, against ~1 ms for a hand-written ``client.map``):
 Retries are Dask's own (``retries=``, without ``retry_delay``). A task's timeout counts from when
 it starts on its worker, not from its submission (it may wait behind others there): a task with a
 timeout tells the driver when it starts, through Dask's event topics (:data:`STARTED_TOPIC`), and
-the driver starts its clock then. Dask cannot stop a task once it runs: a task past its timeout
+the driver starts its clock then. What a running task sends the driver (its output so far) travels
+the same way, on :data:`INTERIM_TOPIC`. Dask cannot stop a task once it runs: a task past its timeout
 fails its chunk with ``TaskTimedOut`` and is cancelled, but its worker thread finishes it in the
 background.
 """
@@ -80,6 +81,10 @@ STARTED_TOPIC = "madhatter-task-started"
 driver's clock for the timeout starts then. A worker thread cannot be interrupted by an alarm, so
 the driver times the task, and only the worker knows when it leaves the worker's queue."""
 
+INTERIM_TOPIC = "madhatter-task-interim"
+"""The Dask event topic that carries ``(key, message)`` a running task sends the driver
+(``Task.interim``: its output so far)."""
+
 LARGE_FUNCTION_BYTES = 5 * 2**20
 """A pickled stage function this big travels with Dask's large-graph warning silenced (it
 warns at 10 MB by default; the function is sent once per stage on purpose)."""
@@ -122,20 +127,28 @@ def _run_on_worker(
     function_bytes: bytes,
     keep_output: bool,
     timed: bool = False,
+    live: bool = False,
 ) -> TaskResult:
     """Runs inside a Dask worker: call the task function, timed, and say where it ran.
 
     The function arrives pickled by cloudpickle (Dask would try plain pickle first, which pickles
     a step by reference to a module the workers may not have). With ``keep_output`` the function
     returns ``(summary, output)``; the output goes back boxed, so that Dask keeps and moves it as
-    one object. A ``timed`` task (one with a timeout) first tells the driver it has started.
+    one object. A ``timed`` task (one with a timeout) first tells the driver it has started; a
+    ``live`` one sends what it sends while it runs as events (``log_event`` may be called from
+    any thread).
     """
     worker = distributed.get_worker()
+    key = worker.get_current_task()
     if timed:
-        worker.log_event(STARTED_TOPIC, worker.get_current_task())
+        worker.log_event(STARTED_TOPIC, key)
+
+    def interim(message: Any) -> None:
+        worker.log_event(INTERIM_TOPIC, (key, message))
+
     function = load_function(function_key, function_bytes)
     argument = tuple(_unbox(element) for element in elements)
-    result = timed_call(function, argument, worker.address)
+    result = timed_call(function, argument, worker.address, interim if live else None)
     if keep_output:
         summary, output = result.value
         return dataclasses.replace(result, value=(summary, _Box(output)))
@@ -207,6 +220,7 @@ def _group(pending: Sequence[_Pending]) -> dict[tuple[Any, ...], list[_Pending]]
             repr(sorted(task.resources.items())),
             len(task.argument) if isinstance(task.argument, tuple) else -1,
             task.timeout is not None,
+            task.interim is not None,
         )
         groups.setdefault(shape, []).append(item)
     return groups
@@ -284,13 +298,14 @@ class DaskEngine(Engine):
         self._out: dict[str, _Pending] = {}  # sent, by the key of the Dask future waited on
         self._done: list[Any] = []  # Dask futures done, their results not yet fetched
         self._sending = 0  # batches taken off the queue, not yet in ``_out``
-        self._timed: dict[str, _Pending] = {}  # tasks with a timeout, by their main task's key
+        self._watched: dict[str, _Pending] = {}  # tasks that send events, by their main task's key
         self._closing = False
         self._threads = [
             threading.Thread(target=self._send_loop, name="madhatter-dask-submit", daemon=True),
             threading.Thread(target=self._gather_loop, name="madhatter-dask-gather", daemon=True),
         ]
         self._client.subscribe_topic(STARTED_TOPIC, self._on_started)
+        self._client.subscribe_topic(INTERIM_TOPIC, self._on_interim)
         try:
             self._check_workers()
         except BaseException:
@@ -374,9 +389,10 @@ class DaskEngine(Engine):
         """Send tasks that share their function and options as one ``client.map`` call."""
         first = group[0].task
         keys = [f"madhatter-{item.task.key}" for item in group]
-        if first.timeout is not None:  # before sending: a task may start before ``map`` returns
+        timed, live = first.timeout is not None, first.interim is not None
+        if timed or live:  # before sending: a task may start before ``map`` returns
             with self._lock:
-                self._timed.update(zip(keys, group, strict=True))
+                self._watched.update(zip(keys, group, strict=True))
         options: dict[str, Any] = {
             "pure": False,
             "retries": first.retries or None,
@@ -389,7 +405,8 @@ class DaskEngine(Engine):
             function_key=first.function_key,
             function_bytes=self._functions.handle(first),
             keep_output=first.keep_output,
-            timed=first.timeout is not None,
+            timed=timed,
+            live=live,
             **options,
         )
         waited = mains
@@ -410,17 +427,26 @@ class DaskEngine(Engine):
         Dask reruns it: each attempt gets the whole timeout), so its clock starts now."""
         _, key = event
         with self._lock:
-            item = self._timed.get(key)
+            item = self._watched.get(key)
             if item is None or item.task.timeout is None:  # done already, or another client's
                 return
             if item.timer is not None:
                 item.timer.cancel()
             item.timer = expire_after(item.result, item.task.timeout, lambda: _cancel(item))
 
-    def _stop_clock(self, item: _Pending) -> None:
-        """The task is answered: its timeout no longer applies (nor does a late start)."""
+    def _on_interim(self, event: tuple[float, Any]) -> None:
+        """On the client's event loop: a running task sent the driver a message."""
+        _, (key, message) = event
         with self._lock:
-            self._timed.pop(f"madhatter-{item.task.key}", None)
+            item = self._watched.get(key)
+        if item is not None and item.task.interim is not None:
+            item.task.interim(message)
+
+    def _stop_clock(self, item: _Pending) -> None:
+        """The task is answered: its timeout no longer applies (nor does a late start), and
+        what it sends now is late."""
+        with self._lock:
+            self._watched.pop(f"madhatter-{item.task.key}", None)
             timer, item.timer = item.timer, None
         if timer is not None:
             timer.cancel()
@@ -524,6 +550,7 @@ class DaskEngine(Engine):
             self._stop_clock(item)
             settle(item.result, error=TaskLost("the Dask engine was shut down"))
         self._client.unsubscribe_topic(STARTED_TOPIC)
+        self._client.unsubscribe_topic(INTERIM_TOPIC)
         for scattered in self._functions.clear():
             scattered.release()
         self._client.close()

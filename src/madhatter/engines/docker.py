@@ -373,7 +373,7 @@ class DockerEngine(Engine):
         )
         try:
             ok, value, started, seconds, received = worker.run(
-                message, task.timeout, [] if fd is None else [fd]
+                message, task.timeout, [] if fd is None else [fd], task.interim
             )
         except Exception as exc:  # TaskLost, TaskTimedOut: the container was killed or died
             return False, exc

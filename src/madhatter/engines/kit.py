@@ -2,7 +2,9 @@
 
 Public, for third-party engines as much as for the built-in ones.
 
-* :func:`timed_call` runs a task function and says when, where and for how long it ran.
+* :func:`timed_call` runs a task function and says when, where and for how long it ran; given
+  an ``interim`` channel, the function may send messages through it while it runs
+  (:func:`interim_sender`: a chunk's output so far), for the task's :attr:`Task.interim`.
 * :func:`settle` and :func:`expire_after` resolve a task's future exactly once, whichever comes
   first: the answer, or the timeout (``concurrent.futures`` raises ``InvalidStateError`` on a
   second resolution; here the loser is ignored).
@@ -36,6 +38,7 @@ __all__ = [
     "check_runtime",
     "describe_exit",
     "expire_after",
+    "interim_sender",
     "load_function",
     "settle",
     "timed_call",
@@ -45,11 +48,33 @@ __all__ = [
 Handle = TypeVar("Handle")
 
 
-def timed_call(function: Callable[[Any], Any], argument: Any, worker: str) -> TaskResult:
-    """Call ``function(argument)``, timed: the result with where and when it ran."""
+Interim = Callable[[Any], None]
+"""A channel for what a task sends while it runs: called with each message (from any thread)."""
+
+_interim = threading.local()
+
+
+def timed_call(
+    function: Callable[[Any], Any], argument: Any, worker: str, interim: Interim | None = None
+) -> TaskResult:
+    """Call ``function(argument)``, timed: the result with where and when it ran. ``interim``
+    is the task's channel for messages sent while it runs (:func:`interim_sender`): the task's
+    own :attr:`Task.interim` in the driver's process, a way to the driver elsewhere."""
     started, clock = time.time(), time.perf_counter()
-    value = function(argument)
+    _interim.send = interim
+    try:
+        value = function(argument)
+    finally:
+        _interim.send = None
     return TaskResult(value, worker, started, time.perf_counter() - clock)
+
+
+def interim_sender() -> Interim | None:
+    """The running task's channel to the driver for messages sent before it ends, or ``None``
+    where the engine has none (they then travel with the task's result). Read it on the task's
+    own thread; the channel itself may be called from any thread until the task returns."""
+    send: Interim | None = getattr(_interim, "send", None)
+    return send
 
 
 def settle(

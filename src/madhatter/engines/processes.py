@@ -45,7 +45,7 @@ from . import _shared_memory as shared_memory
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
 from ._link import Link
 from ._serialize import dumps_data, loads
-from ._worker import STOP, worker_main
+from ._worker import INTERIM, STOP, worker_main
 from .kit import describe_exit
 
 KILL_GRACE_SECONDS = 1.0
@@ -336,10 +336,21 @@ class ProcessesEngine(Engine):
             message, fds = worker.link.receive()
         except (EOFError, OSError):
             return False  # died while answering: _replace reports it
+        try:
+            decoded: Any = loads(message)
+        except Exception as exc:  # reported as the running task's answer, below
+            decoded = exc
+        if isinstance(decoded, tuple) and len(decoded) == 3 and decoded[1] == INTERIM:
+            interim = worker.tasks[0].task.interim  # the running task sent it (with no files)
+            if interim is not None:
+                interim(decoded[2])
+            return True
         pending = worker.tasks.popleft()
         worker.started = time.monotonic()  # the next task, if any, starts now
         try:
-            _key, ok, answer, started, seconds = loads(message)
+            if isinstance(decoded, Exception):
+                raise decoded
+            _key, ok, answer, started, seconds = decoded
             value = shared_memory.loads(answer, fds[0] if fds else None)
         except Exception as exc:  # e.g. an exception class whose __init__ rejects its own args
             error = RuntimeError(

@@ -18,7 +18,7 @@ def run_inline(task: Task, worker: str) -> Future[TaskResult]:
     future: Future[TaskResult] = Future()
     try:
         with deadline(task.timeout):
-            result = timed_call(task.function, task.argument, worker)
+            result = timed_call(task.function, task.argument, worker, task.interim)
     except Exception as exc:
         future.set_exception(exc)
     else:

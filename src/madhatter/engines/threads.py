@@ -45,7 +45,7 @@ class ThreadsEngine(Engine):
 
 
 def _run(task: Task) -> TaskResult:
-    return timed_call(task.function, task.argument, threading.current_thread().name)
+    return timed_call(task.function, task.argument, threading.current_thread().name, task.interim)
 
 
 def _run_with_timeout(task: Task, outer: Future[TaskResult]) -> TaskResult:
