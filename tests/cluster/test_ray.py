@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -146,15 +147,37 @@ def _pid_in(path: pathlib.Path, wait_until: Callable[..., bool]) -> int:
     return int(path.read_text())
 
 
-def test_a_timeout_kills_the_worker_and_ray_starts_a_fresh_one(
+def deaf_to_alarms(argument: tuple[str]) -> int:
+    """Blocks SIGALRM, as a call into C that never returns to Python would ignore it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    return sleep_long(argument)
+
+
+def test_a_timeout_stops_the_task_on_its_worker(
     engine: RayEngine, tmp_path: pathlib.Path, wait_until: Callable[..., bool]
 ) -> None:
+    """The worker's alarm stops the task ``timeout`` after it started; the worker lives on."""
     pid_file = tmp_path / "pid"
     future = engine.submit(Task("t/s/0/0", sleep_long, "t/s", (str(pid_file),), timeout=2.0))
     stuck = _pid_in(pid_file, wait_until)
+    started = time.monotonic()
     error = future.exception(timeout=30)
     assert isinstance(error, TaskTimedOut)
     assert error.timeout == 2.0
+    assert time.monotonic() - started < ray_engine._backstop(2.0, engine.traits.tasks_per_worker)
+    assert alive(stuck)
+
+
+def test_a_task_its_alarm_cannot_stop_is_killed_and_ray_starts_a_fresh_worker(
+    engine: RayEngine, tmp_path: pathlib.Path, wait_until: Callable[..., bool]
+) -> None:
+    """The driver's backstop (``_backstop``: 8 s for a 1 s timeout) kills the worker."""
+    pid_file = tmp_path / "pid"
+    future = engine.submit(Task("t/d/0/0", deaf_to_alarms, "t/d", (str(pid_file),), timeout=1.0))
+    stuck = _pid_in(pid_file, wait_until)
+    error = future.exception(timeout=60)
+    assert isinstance(error, TaskTimedOut)
+    assert error.timeout == 1.0
     assert wait_until(lambda: not alive(stuck), timeout=20), "the worker was not killed"
 
     after = [engine.submit(Task(f"t/p/{i}/0", pid_after_a_while, "t/p", (i,))) for i in range(2)]

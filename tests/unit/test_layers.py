@@ -26,6 +26,8 @@ FORBIDDEN = {
     "driver": ("service", "cli", "_pipeline", "_steps", "testing"),
     "cache": ("graph", "engines", "driver", "service", "cli", "_pipeline", "testing"),
     "testing": ("service", "cli"),
+    "report": ("engines", "driver", "cache", "service", "cli", "_pipeline", "testing"),
+    "tracing": ("graph", "cache", "service", "cli", "_pipeline", "_steps", "testing"),
     "service": ("cli",),
 }
 CORE = ("service", "cli")

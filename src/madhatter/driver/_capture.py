@@ -6,8 +6,8 @@ logger (at the levels the user configured) are kept, per step, up to :data:`CHUN
 per chunk, and travel back with the chunk's outcome (or with its error, so what a chunk printed
 before it failed is not lost). The driver turns them into ``ChunkOutput`` events.
 
-Live: where the engine gives the task a channel to the driver (``kit.interim_sender``: serial,
-threads, processes, Dask), a flusher thread sends what a running chunk wrote so far every
+Live: where the engine gives the task a channel to the driver (``kit.interim_sender``: threads,
+processes, Dask, docker), a flusher thread sends what a running chunk wrote so far every
 :data:`FLUSH_SECONDS`, so a long chunk's lines reach the run while it runs; the outcome then
 carries only the rest. The thread runs only while such a chunk captures (a driver with an extra
 thread would start its processes workers fresh rather than forked).

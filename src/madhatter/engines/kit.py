@@ -93,17 +93,22 @@ def settle(
 
 
 def expire_after(
-    future: Future[TaskResult], timeout: float, on_expired: Callable[[], None] | None = None
+    future: Future[TaskResult],
+    timeout: float,
+    on_expired: Callable[[], None] | None = None,
+    *,
+    after: float | None = None,
 ) -> threading.Timer:
     """Fail ``future`` with :class:`TaskTimedOut` after ``timeout`` seconds unless it is resolved
     by then; if the timeout wins, call ``on_expired`` (to stop the task where the engine can).
-    The timer is started; cancel it when the answer comes."""
+    ``after`` fires it later than ``timeout`` (a backstop behind the worker's own alarm; the
+    error still names ``timeout``). The timer is started; cancel it when the answer comes."""
 
     def expire() -> None:
         if settle(future, error=TaskTimedOut(timeout)) and on_expired is not None:
             on_expired()
 
-    timer = threading.Timer(timeout, expire)
+    timer = threading.Timer(timeout if after is None else after, expire)
     timer.daemon = True
     timer.start()
     return timer

@@ -28,9 +28,13 @@ larger ones stay in the object store of the node that made them.)
 
 Errors: Ray wraps an exception raised by a task in ``RayTaskError``; the task's future fails with
 the original (``.cause``, e.g. a :class:`~madhatter.StepFailed`). A dead worker or node fails it
-with :class:`~._base.TaskLost`. A task past its timeout fails with :class:`~._base.TaskTimedOut`
-and is cancelled with ``force=True``, which kills the worker process running it (Ray starts a
-fresh one).
+with :class:`~._base.TaskLost`. A task past its timeout fails with :class:`~._base.TaskTimedOut`:
+a Ray worker runs its task on its main thread, where the task function's own alarm stops it
+``timeout`` after it started (not after its submission: it may wait behind others). The driver's
+timer is only the backstop, for a task the alarm cannot stop (a call into C that never returns):
+it counts from submission, with room for the tasks that may run before it
+(:func:`_backstop`), and cancels the task with ``force=True``, which kills the worker process
+running it (Ray starts a fresh one).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 
 from .._errors import EngineError, first_line
 from . import kit
+from ._deadline import deadline
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
 from ._ray_connection import acquire, release
 from ._registry import require_extra
@@ -60,6 +65,16 @@ CHECK_TIMEOUT_SECONDS = 60.0
 
 CANCEL_WAIT_SECONDS = 30.0
 """How long ``shutdown(cancel_pending=True)`` waits for Ray to confirm its cancelled tasks ended."""
+
+FINISH_GRACE_SECONDS = 1.0
+"""How long ``shutdown(cancel_pending=True)`` lets tasks finish before it cancels those left.
+
+Ray 2.60 aborts the driver's whole process (``Check failed: it != submissible_tasks_.end()
+Tried to complete task that was not pending``) when ``ray.cancel`` meets a task whose reply is
+being handled; the variant for retried tasks was fixed upstream (ray-project/ray#54798), this one
+was not. It struck twice in a row in CI, cancelling the tiny tasks of a stopped stream. Tasks
+that end within this grace are not cancelled at all, so only long-running ones are, and a long
+task is rarely in the instant of its reply."""
 
 
 # -- on the worker ---------------------------------------------------------------------------
@@ -81,9 +96,15 @@ def _worker() -> str:
 
 
 def _run_task(
-    function_key: str, function_bytes: bytes, keep_output: bool, argument: Any, *outputs: Any
+    function_key: str,
+    function_bytes: bytes,
+    keep_output: bool,
+    timeout: float | None,
+    argument: Any,
+    *outputs: Any,
 ) -> Any:
-    """Runs inside a Ray worker: call the task function, timed, and say where it ran.
+    """Runs inside a Ray worker: call the task function, timed, and say where it ran; past
+    ``timeout`` its alarm stops it (a Ray worker runs its task on its main thread).
 
     ``argument`` holds a :class:`_Slot` where the driver's argument held a ``Remote``; ``outputs``
     are those values, resolved by Ray. With ``keep_output`` the function returns ``(summary,
@@ -97,7 +118,8 @@ def _run_task(
     function = kit.load_function(function_key, function_bytes)
     if outputs:
         argument = tuple(loads(outputs[e.index]) if isinstance(e, _Slot) else e for e in argument)
-    result = kit.timed_call(function, argument, _worker())
+    with deadline(timeout):
+        result = kit.timed_call(function, argument, _worker())
     if keep_output:
         summary, output = result.value
         return dataclasses.replace(result, value=(summary, len(output))), dumps_data(output)
@@ -200,6 +222,7 @@ class RayEngine(Engine):
             task.function_key,
             self._functions.handle(task),
             task.keep_output,
+            task.timeout,
             argument,
             *remote_outputs,
         )
@@ -208,7 +231,9 @@ class RayEngine(Engine):
         result.set_running_or_notify_cancel()
         timer = None
         if task.timeout is not None:
-            timer = kit.expire_after(result, task.timeout, functools.partial(_cancel, ref))
+            backstop = _backstop(task.timeout, self.traits.tasks_per_worker)
+            cancel = functools.partial(_cancel, ref)
+            timer = kit.expire_after(result, task.timeout, cancel, after=backstop)
         with self._lock:
             self._pending[ref] = _Pending(result, timer, output)
         ref.future().add_done_callback(lambda done: self._resolve(ref, done))
@@ -238,7 +263,11 @@ class RayEngine(Engine):
         try:
             if outstanding:
                 if cancel_pending:
-                    for ref in outstanding:
+                    refs = list(outstanding)
+                    _, running = ray.wait(
+                        refs, num_returns=len(refs), timeout=FINISH_GRACE_SECONDS, fetch_local=False
+                    )
+                    for ref in running:
                         _cancel(ref)
                 ray.wait(
                     list(outstanding),
@@ -406,6 +435,17 @@ _LOST = (
     "OutOfMemoryError",  # Ray's memory monitor killed the worker
     "RaySystemError",
 )
+
+
+BACKSTOP_EXTRA_SECONDS = 5.0
+"""What the driver's backstop timer allows beyond the task's and its queue's time."""
+
+
+def _backstop(timeout: float, tasks_per_worker: int) -> float:
+    """When the driver gives up on a task with ``timeout``, counted from its submission: the
+    runner keeps ``tasks_per_worker`` tasks out per CPU, so at most that many run before it on
+    its worker, each stopped by its own alarm at ``timeout``."""
+    return timeout * (tasks_per_worker + 1) + BACKSTOP_EXTRA_SECONDS
 
 
 def _task_error(error: BaseException) -> BaseException:
