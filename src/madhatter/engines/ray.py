@@ -51,8 +51,8 @@ from typing import Any
 
 from .._errors import EngineError, first_line
 from . import kit
-from ._deadline import deadline
 from ._base import Engine, EngineTraits, Remote, Task, TaskLost, TaskResult
+from ._deadline import deadline
 from ._ray_connection import acquire, release
 from ._registry import require_extra
 from ._serialize import dumps_data, dumps_function, loads
