@@ -13,14 +13,15 @@ import traced_steps as t
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from madhatter import Pipeline, StepFailed
+from madhatter.testing import _pipelines as traced  # the suite's steps that open spans
 
 ENGINES = ["serial", "threads", "processes"]
 
 
 def test_untraced_without_a_provider() -> None:
     """opentelemetry imported but no provider set: no run span, and the run works."""
-    report = Pipeline([t.total]).execute(engine="threads", workers=2, inline=False)
-    assert report.result == sum(2 * x + 1 for x in range(t.SIZE))
+    report = Pipeline([traced.traced_total]).execute(engine="threads", workers=2, inline=False)
+    assert report.result == sum(2 * x + 1 for x in range(traced.SIZE))
 
 
 @pytest.mark.parametrize("engine", ENGINES)

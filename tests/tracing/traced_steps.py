@@ -1,16 +1,12 @@
-"""A pipeline whose steps open spans of their own, for the tracing tests.
-
-Imports ``opentelemetry`` (the tests skip when it is missing): importing it is the user's act
-that turns tracing on, never madhatter's.
-"""
+"""Steps for the tracing tests beyond the span tree (which the conformance suite checks with its
+own steps, in ``madhatter.testing._pipelines``): retries, failures, byte counts, and containers
+without opentelemetry. They open no spans of their own."""
 
 from __future__ import annotations
 
 import pathlib
 
-from opentelemetry import trace
-
-from madhatter import depends, parallel, postprocess, preprocess
+from madhatter import depends, parallel, preprocess
 
 SIZE = 12
 CHUNK = 4
@@ -19,26 +15,6 @@ CHUNK = 4
 @preprocess
 def numbers() -> list[int]:
     return list(range(SIZE))
-
-
-@depends(numbers)
-@parallel.map(chunk_by=CHUNK)
-def doubled(x: int) -> int:
-    with trace.get_tracer("user").start_as_current_span("user double"):
-        return 2 * x
-
-
-@depends(doubled)
-@parallel.map
-def incremented(x: int) -> int:
-    return x + 1
-
-
-@depends(incremented)
-@postprocess
-def total(values: list[int]) -> int:
-    with trace.get_tracer("user").start_as_current_span("user total"):
-        return sum(values)
 
 
 @depends(numbers)
