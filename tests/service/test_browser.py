@@ -123,9 +123,12 @@ def items(gate: str = "", n: int = 4):
     return list(range(n))
 
 @depends(items)
-@parallel.map(chunk_by=1)
+@parallel.map(chunk_by=1, timeout=60)  # a timeout: on the engine's threads, never inline
 def wait_for_gate(x, gate: str = ""):
     print(f"passed the gate with {x}")
+    if x == 3:  # a second piece of output, sent after the first while the chunk runs on
+        time.sleep(0.7)
+        print("still at the gate")
     while x == 3 and not pathlib.Path(gate).exists():  # the last item holds the run open
         time.sleep(0.05)
     return x
@@ -163,6 +166,16 @@ def test_what_finished_chunks_printed_reaches_the_page_while_the_run_goes_on(
                     timeout=30_000,
                 )
                 assert page.locator("#run-status").inner_text() == "running"
+                # chunk 3 still runs: what it printed so far is on the page too, in pieces
+                # (every 0.5 s) under one head
+                page.wait_for_function(
+                    "document.getElementById('step-output').textContent"
+                    ".includes('passed the gate with 3\\nstill at the gate')",
+                    timeout=30_000,
+                )
+                assert page.locator("#run-status").inner_text() == "running"
+                heads = page.locator("#step-output .output-head")
+                assert heads.filter(has_text="wait_for_gate chunk 3 stdout").count() == 1
                 gate.touch()
                 page.wait_for_selector("#result-preview", timeout=60_000)
                 assert "passed the gate with 3" in page.locator("#step-output").inner_text()

@@ -7,6 +7,7 @@ from typing import Any
 
 from madhatter._events import (
     ChunkDone,
+    ChunkOutput,
     ChunkRetried,
     Event,
     ItemSkipped,
@@ -68,3 +69,22 @@ def test_only_the_current_attempt_counts_and_unreadable_events_are_left_out() ->
     work = view.snapshot(20.0)[1]
     assert (work["done"], work["total"], work["percent"]) == (2, 4, 50.0)
     assert len(view.bars) == 1
+
+
+def test_a_running_chunks_pieces_of_output_are_one_block_on_the_page() -> None:
+    """A long chunk's output comes in pieces (every 0.5 s while it runs): one head, its text whole;
+    another chunk's or stream's output gets its own."""
+    pieces = [
+        ChunkOutput("r", "work", 0, "stdout", "a\n", at=10.1),
+        ChunkOutput("r", "work", 0, "stdout", "b\n", at=10.6),
+        ChunkOutput("r", "work", 1, "stdout", "c\n", at=10.7),
+        ChunkOutput("r", "work", 1, "log", "INFO x: d\n", at=10.8),
+        ChunkOutput("r", "work", 0, "stdout", "e\n", at=10.9),
+    ]
+    view = RunView(attempt=1).add_all(stored(pieces, 1))
+    assert view.outputs == [
+        ("work", 0, "stdout", "a\nb\n"),
+        ("work", 1, "stdout", "c\n"),
+        ("work", 1, "log", "INFO x: d\n"),
+        ("work", 0, "stdout", "e\n"),
+    ]

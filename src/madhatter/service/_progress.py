@@ -95,7 +95,11 @@ class RunView:
                 self.outputs_left_out += len(event.text)
                 return
             self._output_size += len(event.text)
-            self.outputs.append((event.step, event.chunk, event.stream, event.text))
+            key = (event.step, event.chunk, event.stream)
+            if self.outputs and self.outputs[-1][:3] == key:  # a running chunk's next lines
+                self.outputs[-1] = (*key, self.outputs[-1][3] + event.text)
+            else:
+                self.outputs.append((*key, event.text))
 
     def snapshot(self, now: float) -> list[dict[str, Any]]:
         """The steps' progress as JSON-ready dicts, in plan order."""

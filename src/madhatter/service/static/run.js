@@ -62,16 +62,24 @@
   const output = document.getElementById("step-output");
   const rendered = Number(root.dataset.lastEvent || 0);  // events the page was rendered with
   let outputSize = output ? output.textContent.length : 0;
+  // a running chunk's output comes in pieces: the next piece goes under the same head
+  const heads = output ? output.querySelectorAll(".output-head") : [];
+  let lastHead = heads.length ? heads[heads.length - 1].textContent : "";
   const OUTPUT_LIMIT = 1024 * 1024;  // as PAGE_OUTPUT_CHARACTERS in _progress.py
   source.addEventListener("madhatter", function (e) {
     if (Number(e.lastEventId) <= rendered) return;
     const event = JSON.parse(e.data);
     if (!output || event.type !== "ChunkOutput" || outputSize + event.text.length > OUTPUT_LIMIT) return;
     outputSize += event.text.length;
-    const head = document.createElement("span");
-    head.className = "output-head";
-    head.textContent = "[" + event.step + " chunk " + event.chunk + " " + event.stream + "]\n";
-    output.append(head, document.createTextNode(event.text));
+    const text = "[" + event.step + " chunk " + event.chunk + " " + event.stream + "]\n";
+    if (text !== lastHead) {
+      const head = document.createElement("span");
+      head.className = "output-head";
+      head.textContent = text;
+      output.append(head);
+      lastHead = text;
+    }
+    output.append(document.createTextNode(event.text));
   });
   source.addEventListener("end", function () {
     source.close();
