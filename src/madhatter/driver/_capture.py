@@ -142,13 +142,16 @@ class _Flusher:
 _flusher = _Flusher()
 
 
-def _new_flusher() -> None:
-    """A forked child has none of its parent's threads: it starts its own flusher when needed."""
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own flusher when needed.
+    A process a step forks is not the chunk: its output goes to the stream, not to a copy of
+    the chunk's capture (whose lock the parent's flusher may have held at the fork)."""
     global _flusher
     _flusher = _Flusher()
+    _local.capture = None
 
 
-os.register_at_fork(after_in_child=_new_flusher)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _ThreadTee:
