@@ -125,6 +125,8 @@ def items(gate: str = "", n: int = 4):
 @depends(items)
 @parallel.map(chunk_by=1, timeout=60)  # a timeout: on the engine's threads, never inline
 def wait_for_gate(x, gate: str = ""):
+    if x == 3:  # after the others' output: the pieces below come one after the other
+        time.sleep(1.0)
     print(f"passed the gate with {x}")
     if x == 3:  # a second piece of output, sent after the first while the chunk runs on
         time.sleep(0.7)
@@ -167,7 +169,7 @@ def test_what_finished_chunks_printed_reaches_the_page_while_the_run_goes_on(
                 )
                 assert page.locator("#run-status").inner_text() == "running"
                 # chunk 3 still runs: what it printed so far is on the page too, in pieces
-                # (every 0.5 s) under one head
+                # (every 0.5 s), one after the other with nothing between, so under one head
                 page.wait_for_function(
                     "document.getElementById('step-output').textContent"
                     ".includes('passed the gate with 3\\nstill at the gate')",
