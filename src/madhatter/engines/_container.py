@@ -38,7 +38,7 @@ from ._bundle import BOOTSTRAP, runtime_bundle
 from ._container_worker import HEADER, LINK_ENVIRONMENT, frame
 from ._link import Link
 from ._serialize import loads
-from ._worker import INTERIM
+from ._worker import is_interim
 from .kit import describe_exit
 
 LABEL = "io.madhatter.engine"
@@ -100,11 +100,6 @@ def host_config(client: Any, spec: ContainerSpec, link_dir: str | None = None) -
     if binds:
         options["binds"] = binds
     return client.api.create_host_config(**options)
-
-
-def _is_interim(decoded: Any) -> bool:
-    """Whether a message from a worker is one its running task sent, not the task's answer."""
-    return isinstance(decoded, tuple) and len(decoded) == 3 and decoded[1] == INTERIM
 
 
 class ContainerWorker:
@@ -204,7 +199,7 @@ class ContainerWorker:
                     decoded: Any = loads(reply)
                 except Exception as exc:  # the answer cannot be loaded: said below
                     decoded = exc
-                if not _is_interim(decoded):
+                if not is_interim(decoded):
                     break
                 if interim is not None:
                     interim(decoded[2])

@@ -126,6 +126,11 @@ INTERIM = "interim"
 ``(key, ok, answer, started, seconds)``."""
 
 
+def is_interim(decoded: Any) -> bool:
+    """Whether a worker's unpickled message is one its running task sent, not the answer."""
+    return isinstance(decoded, tuple) and len(decoded) == 3 and decoded[1] == INTERIM
+
+
 def serve(receive: Receive, send: Send, *, shared: bool) -> None:
     """Run tasks as they arrive through ``receive`` and answer each through ``send``, until a
     ``STOP`` message or the end of the channel. Shared by local worker processes (a socket that

@@ -378,7 +378,7 @@ class DaskEngine(Engine):
                         self._send(group)
                     except Exception as exc:  # the cluster went away
                         for item in group:
-                            self._stop_clock(item)
+                            self._stop_watching(item)
                             settle(item.result, error=exc)
             finally:
                 with self._lock:
@@ -442,7 +442,7 @@ class DaskEngine(Engine):
         if item is not None and item.task.interim is not None:
             item.task.interim(message)
 
-    def _stop_clock(self, item: _Pending) -> None:
+    def _stop_watching(self, item: _Pending) -> None:
         """The task is answered: its timeout no longer applies (nor does a late start), and
         what it sends now is late."""
         with self._lock:
@@ -485,7 +485,7 @@ class DaskEngine(Engine):
             if value is None and remote.status in ("pending", "lost"):
                 self._await_recomputed(remote, item)
                 continue
-            self._stop_clock(item)
+            self._stop_watching(item)
             if value is not None:
                 settle(item.result, _answer(value, item))
                 continue
@@ -547,7 +547,7 @@ class DaskEngine(Engine):
             left = [*self._queued, *self._out.values()]
             self._queued, self._out = [], {}
         for item in left:
-            self._stop_clock(item)
+            self._stop_watching(item)
             settle(item.result, error=TaskLost("the Dask engine was shut down"))
         self._client.unsubscribe_topic(STARTED_TOPIC)
         self._client.unsubscribe_topic(INTERIM_TOPIC)

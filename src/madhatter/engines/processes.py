@@ -45,7 +45,7 @@ from . import _shared_memory as shared_memory
 from ._base import Engine, EngineTraits, Task, TaskLost, TaskResult, TaskTimedOut
 from ._link import Link
 from ._serialize import dumps_data, loads
-from ._worker import INTERIM, STOP, worker_main
+from ._worker import STOP, is_interim, worker_main
 from .kit import describe_exit
 
 KILL_GRACE_SECONDS = 1.0
@@ -340,7 +340,7 @@ class ProcessesEngine(Engine):
             decoded: Any = loads(message)
         except Exception as exc:  # reported as the running task's answer, below
             decoded = exc
-        if isinstance(decoded, tuple) and len(decoded) == 3 and decoded[1] == INTERIM:
+        if is_interim(decoded):
             interim = worker.tasks[0].task.interim  # the running task sent it (with no files)
             if interim is not None:
                 interim(decoded[2])
